@@ -1,0 +1,50 @@
+# The README's two commands: `make run` and `make test`. Both set everything up first (idempotent).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+CONFIG  ?= configs/demo.yaml
+PYTEST_ARGS ?=
+
+# Everything local and embedded: Prefect's own SQLite under .prefect/, no telemetry, a patient first start.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
+export PREFECT_LOGGING_LEVEL ?= INFO
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup run test test-fast bench clean help
+
+help:
+	@echo "make run   - set up .venv and run the whole pipeline on the offline demo dataset"
+	@echo "make test  - set up .venv and run the test suite"
+	@echo "make bench - run benchmarks/ (sampling, training)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch (direct or transitive) pulls several GB of CUDA wheels.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: $(STAMP)
+
+run: setup
+	@test -f data/demo-source/annotations.csv || $(BIN)/vivit demo-data --out data/demo-source
+	$(BIN)/vivit run --config $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python benchmarks/training.py
+
+clean:
+	rm -rf data .prefect mlruns .mlflow .pytest_cache

@@ -1,0 +1,258 @@
+"""One YAML config drives every stage; these Pydantic models validate it and are the flows' parameters.
+
+Unknown keys are errors (``extra="forbid"``), so a typo such as ``frames.num_frame`` fails loudly instead of
+silently running with the default.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CLASSES = ["dribbling basketball", "dunking basketball"]
+YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={youtube_id}"
+
+# Official annotation CSVs (CVDF mirror used by the kinetics-dataset downloaders). ``annotations`` may name
+# these by alias, e.g. ``annotations: [k400:train, k400:val]``.
+KINETICS_ANNOTATIONS: dict[str, str] = {
+    f"{ver}:{split}": f"https://s3.amazonaws.com/kinetics/{path}/annotations/{split}.csv"
+    for ver, path in (("k400", "400"), ("k600", "600"), ("k700", "700_2020"))
+    for split in ("train", "val", "test")
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DownloadConfig(_Strict):
+    workers: int = Field(4, ge=1, le=64, description="clips downloaded at once")
+    retries: int = Field(3, ge=0, le=20, description="extra attempts for transient errors (network, timeout, 5xx)")
+    retry_backoff: float = Field(2.0, ge=0, description="seconds before the first retry; doubles each time")
+    timeout: float = Field(30.0, gt=0, description="socket timeout in seconds")
+    cookies: Path | None = Field(None, description="Netscape cookies.txt for YouTube's bot checks")
+    cookies_from_browser: str | None = Field(None, description="e.g. 'firefox' (yt-dlp --cookies-from-browser)")
+    max_height: int = Field(360, ge=64, le=4320, description="best format no taller than this")
+    allow_file_urls: bool = Field(False, description="allow file:// sources (offline demo, tests)")
+    rate_limit: str | None = Field(None, description="yt-dlp rate limit such as '2M' (bytes/s)")
+    sleep_interval: float = Field(0.0, ge=0, description="seconds to sleep before each download (rate limits)")
+    format: str | None = Field(None, description="override the yt-dlp format selector")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import re
+
+        if not re.fullmatch(r"\d+(\.\d+)?[KMG]?", v.strip(), re.I):
+            raise ValueError(f"rate_limit {v!r} must look like 500K, 2M or 1.5M")
+        return v.strip()
+
+
+class SplitFractions(_Strict):
+    train: float = Field(0.7, ge=0, le=1)
+    val: float = Field(0.15, ge=0, le=1)
+    test: float = Field(0.15, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            if len(v) != 3:
+                raise ValueError("frames.split needs three fractions: train, val, test")
+            return {"train": v[0], "val": v[1], "test": v[2]}
+        return v
+
+    @model_validator(mode="after")
+    def _sum(self) -> "SplitFractions":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"frames.split fractions must sum to 1, got {total:.4f}")
+        if self.train <= 0:
+            raise ValueError("frames.split.train must be > 0")
+        return self
+
+
+class FramesConfig(_Strict):
+    num_frames: int = Field(16, ge=1, le=512)
+    size: int = Field(128, ge=16, le=1024)
+    split: SplitFractions = Field(default_factory=SplitFractions)
+    split_mode: Literal["random", "official"] = "random"
+    workers: int = Field(2, ge=1, le=64, description="clips sampled at once")
+
+
+class TrainConfig(_Strict):
+    model: str = Field("vivit-fe-tiny", description="preset name, see README")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(2.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
+    augment: bool = True
+    patience: int | None = Field(8, ge=1, description="early stopping on val macro F1; null disables")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    compile: bool = False
+    num_workers: int = Field(0, ge=0)
+    resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
+    single_frame: bool = Field(False, description="ablation: feed only the middle frame")
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = Field(
+        None, description="null: $MLFLOW_TRACKING_URI, else an embedded SQLite store under the work dir"
+    )
+    experiment: str = "vivit-kinetics"
+    model_name: str = "vivit-kinetics"
+
+
+class PipelineConfig(_Strict):
+    data_dir: Path = Path("data")
+    annotations: list[str] = Field(default_factory=lambda: ["k400:train", "k400:val"])
+    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES))
+    splits: list[str] | None = Field(None, description="CSV splits to take (train/val/test); null = all")
+    max_per_class: int | None = Field(None, ge=1)
+    url_template: str = YOUTUBE_URL_TEMPLATE
+    seed: int = 0
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    frames: FramesConfig = Field(default_factory=FramesConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @field_validator("annotations", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, Path)) else v
+
+    @field_validator("annotations")
+    @classmethod
+    def _resolve_aliases(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("annotations needs at least one CSV path or URL")
+        return [KINETICS_ANNOTATIONS.get(str(a), str(a)) for a in v]
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        v = [c.strip() for c in v]
+        if len(v) < 2:
+            raise ValueError("classes needs at least two class names")
+        if len(set(v)) != len(v):
+            raise ValueError(f"classes has duplicates: {v}")
+        return v
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        out = [normalise_split(s) for s in v]
+        bad = [s for s in out if s not in {"train", "val", "test"}]
+        if bad:
+            raise ValueError(f"unknown splits {bad}; use train, val (or validate), test")
+        return out
+
+    @field_validator("url_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{youtube_id}" not in v:
+            raise ValueError("url_template must contain '{youtube_id}'")
+        return v
+
+    # -- derived locations: every stage reads and writes under data_dir only ---------------------------
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.data_dir / "dataset"
+
+
+def normalise_split(s: str) -> str:
+    """Kinetics 600/700 say ``validate``, 400 says ``val``; we use ``val`` everywhere."""
+    s = str(s).strip().lower()
+    return {"validate": "val", "validation": "val"}.get(s, s)
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used, with a message that names the key."""
+
+
+def _parse_value(text: str) -> Any:
+    """``--set`` values are YAML scalars/lists: ``8``, ``true``, ``[a, b]``, ``null``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config dict (before validation)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, _, raw = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set has an empty key in {item!r}")
+        node = data
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read YAML, apply ``--set`` overrides, validate. Relative ``data_dir``/``annotations``/``cookies`` are
+    taken relative to the current directory (where the user runs ``vivit``), as a shell user expects."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(loaded).__name__}")
+        data = loaded
+    data = apply_overrides(data, overrides)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see README 'Config reference')"
+            lines.append(f"  {loc}: {msg}")
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid config{where}:\n" + "\n".join(lines)) from None
+
+
+def config_fingerprint(model: BaseModel) -> str:
+    """Stable hash of a config section, for cache keys and run names."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(model.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CLIPS = ROOT.parent / "shared" / "clips"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server + SQLite database for the whole session (~14 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def shared_clips() -> Path:
+    """``../shared/clips`` beside the checkout; absent on a user's machine, where these tests skip."""
+    if not (SHARED_CLIPS / "MANIFEST.tsv").is_file():
+        pytest.skip("../shared/clips is not present (only on the project's machines)")
+    return SHARED_CLIPS
