@@ -115,7 +115,10 @@ class MlflowConfig(_Strict):
 
 class PipelineConfig(_Strict):
     data_dir: Path = Path("data")
-    annotations: list[str] = Field(default_factory=lambda: ["k400:train", "k400:val"])
+    annotations: list[str] = Field(
+        default_factory=lambda: [KINETICS_ANNOTATIONS["k400:train"], KINETICS_ANNOTATIONS["k400:val"]],
+        description="Kinetics CSV paths or URLs, or aliases such as k400:train, k700:val",
+    )
     classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES))
     splits: list[str] | None = Field(None, description="CSV splits to take (train/val/test); null = all")
     max_per_class: int | None = Field(None, ge=1)
@@ -164,6 +167,10 @@ class PipelineConfig(_Strict):
     def _template(cls, v: str) -> str:
         if "{youtube_id}" not in v:
             raise ValueError("url_template must contain '{youtube_id}'")
+        # ``file://data/x/{youtube_id}.mp4`` (no third slash) means a path relative to the working directory,
+        # which yt-dlp cannot take: make it absolute here, once, where the cwd is the user's.
+        if v.startswith("file://") and not v.startswith("file:///"):
+            v = "file://" + str(Path.cwd() / v[len("file://"):])
         return v
 
     # -- derived locations: every stage reads and writes under data_dir only ---------------------------

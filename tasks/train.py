@@ -1,0 +1,166 @@
+"""Prefect tasks of the train stage: train the configured preset on the stored dataset, record everything in
+MLflow, register the model and move the aliases. No retries here: a failed training is a bug to read, not
+flaky IO to try again."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, runtime, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+
+from tasks import tracking
+from tasks.core import plots
+from tasks.core.config import PipelineConfig
+from tasks.core.paths import label_slug
+
+
+class DatasetMissingError(FileNotFoundError):
+    """The frames stage has not produced a dataset yet."""
+
+
+@task(name="read-dataset-info")
+def read_dataset_info(dataset_dir: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    manifest, meta = dataset_dir / "manifest.parquet", dataset_dir / "dataset.json"
+    if not manifest.is_file() or not meta.is_file():
+        raise DatasetMissingError(
+            f"no dataset in {dataset_dir} (manifest.parquet + dataset.json): run `vivit frames --config ...` first"
+        )
+    info = json.loads(meta.read_text())
+    df = pd.read_parquet(manifest)
+    info["split_counts"] = {s: int(n) for s, n in df["split"].value_counts().items()}
+    info["class_counts"] = {c: int(n) for c, n in df["label"].value_counts().items()}
+    if info["split_counts"].get("train", 0) == 0:
+        raise DatasetMissingError(f"the dataset in {dataset_dir} has no training clips")
+    return info
+
+
+def train_key(config: PipelineConfig, dataset_info: dict[str, Any]) -> str:
+    """What determines the trained model: the dataset's content fingerprint, the training options and the seed.
+    The same key means training again would reproduce the registered model."""
+    payload = {
+        "dataset": dataset_info.get("fingerprint"),
+        "train": config.train.model_dump(mode="json", exclude={"resume", "num_workers", "device"}),
+        "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@task(name="find-reusable-run")
+def find_reusable_run(config: PipelineConfig, key: str) -> dict[str, Any] | None:
+    tracking.use_store(config.mlflow)
+    return tracking.find_reusable_run(config.mlflow.experiment, key, config.mlflow.model_name)
+
+
+class _PrefectProgress:
+    """Training callback for people watching: a progress artifact in the UI and one log line per epoch."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.logger = get_run_logger()
+        self.artifact = create_progress_artifact(0.0, key="train-progress", description="training epochs done")
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        update_progress_artifact(self.artifact, 100.0 * epoch / self.epochs)
+        shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_f1") if k in metrics)
+        self.logger.info("epoch %d/%d %s", epoch, self.epochs, shown)
+
+
+class _Callbacks:
+    def __init__(self, *cbs: Any) -> None:
+        self.cbs = cbs
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        for cb in self.cbs:
+            cb.on_epoch_end(epoch, metrics)
+
+
+def _per_class_rows(test_metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"class": c, **{k: round(float(v), 4) for k, v in m.items()}} for c, m in test_metrics.get("per_class", {}).items()]
+
+
+@task(name="train-and-register")
+def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key: str) -> dict[str, Any]:
+    from model.predict import VideoClassifier
+    from model.presets import describe
+    from model.training import TrainOptions, fit
+
+    logger = get_run_logger()
+    uri = tracking.use_store(config.mlflow)
+    options = TrainOptions(**config.train.model_dump(), seed=config.seed)
+    work_dir = config.data_dir / "runs" / key
+    tags = {
+        "train_key": key,
+        "prefect.flow_run_id": str(runtime.flow_run.id or ""),
+        "prefect.flow_run_name": str(runtime.flow_run.name or ""),
+        "preset": config.train.model,
+        "dataset.fingerprint": str(dataset_info.get("fingerprint")),
+    }
+    classes = list(dataset_info["classes"])
+    num_frames, size = int(dataset_info["num_frames"]), int(dataset_info["size"])
+    started = time.time()
+    with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}", tags) as run_id:
+        cost = describe(config.train.model, num_frames=num_frames, image_size=size)
+        tracking.log_params(
+            {
+                "config": config.model_dump(mode="json", exclude={"mlflow"}),
+                "preset": config.train.model,
+                "preset_params": cost.get("params"),
+                "preset_gflops_per_clip": cost.get("gflops"),
+                "dataset_fingerprint": dataset_info.get("fingerprint"),
+                "classes": classes,
+                "sampling": {"num_frames": num_frames, "size": size, "method": dataset_info.get("sampling")},
+                "split_counts": dataset_info.get("split_counts"),
+            }
+        )
+        tracking.log_dataset(config.dataset_dir / "manifest.parquet", str(dataset_info.get("fingerprint")), "kinetics-frames")
+        callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(options.epochs))
+        result = fit(config.dataset_dir, options, work_dir=work_dir, callback=callback)
+
+        test = result.test_metrics or {}
+        final = {"best_val_f1": result.best_val_f1, "best_epoch": result.best_epoch}
+        for k in ("accuracy", "f1", "loss", "auc"):
+            if test.get(k) is not None:
+                final[f"test_{k}"] = test[k]
+        for k in ("accuracy", "f1", "loss", "auc"):
+            if (result.val_metrics or {}).get(k) is not None:
+                final[f"best_val_{k}" if k != "f1" else "best_val_f1"] = result.val_metrics[k]
+        final["train_seconds"] = time.time() - started
+        tracking.log_metrics(final)
+
+        out = work_dir / "report"
+        figures = [plots.learning_curves(result.history, out / "learning_curves.png")]
+        if test.get("confusion_matrix"):
+            figures.append(plots.confusion_matrix(test["confusion_matrix"], classes, out / "confusion_matrix.png"))
+        tracking.log_artifacts(figures, "plots")
+        report = {"classes": classes, "test": test, "val": result.val_metrics, "history": result.history,
+                  "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}
+        tracking.log_dict(report, "report/classification_report.json")
+
+        metadata = {"classes": classes, "num_frames": num_frames, "image_size": size, "preset": config.train.model,
+                    "sampling": dataset_info.get("sampling", "uniform segment centres"), "train_key": key}
+        classifier = VideoClassifier(result.model, classes=classes, num_frames=num_frames, image_size=size)
+        model_uri = tracking.log_classifier(classifier, metadata=metadata)
+        reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, float(result.best_val_f1))
+        logger.info("registered %s v%d (%s)", reg.name, reg.version, reg.decision)
+
+    rows = [{"metric": k, "value": round(float(v), 4)} for k, v in final.items()]
+    rows += [{"metric": f"registry {k}", "value": str(v)} for k, v in reg.as_dict().items()]
+    create_table_artifact(rows, key="train-summary", description=f"training {config.train.model} on {len(classes)} classes")
+    if _per_class_rows(test):
+        create_table_artifact(_per_class_rows(test), key="train-per-class", description="test per-class report")
+    return {
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "metrics": final,
+        "registry": reg.as_dict(),
+        "model_uri": f"models:/{config.mlflow.model_name}@champion",
+        "classes": classes,
+        "epochs_run": len(result.history),
+        "reused": False,
+    }

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.core.config import KINETICS_ANNOTATIONS, ConfigError, PipelineConfig, load_config
+
+
+def test_defaults_match_the_issue():
+    cfg = load_config()
+    assert cfg.classes == ["dribbling basketball", "dunking basketball"]
+    assert cfg.url_template == "https://www.youtube.com/watch?v={youtube_id}"
+    assert cfg.download.max_height == 360 and cfg.download.allow_file_urls is False
+    assert cfg.frames.num_frames == 16 and cfg.frames.size == 128
+    assert (cfg.frames.split.train, cfg.frames.split.val, cfg.frames.split.test) == (0.7, 0.15, 0.15)
+    assert cfg.annotations == [KINETICS_ANNOTATIONS["k400:train"], KINETICS_ANNOTATIONS["k400:val"]]
+    assert cfg.raw_dir == Path("data/raw") and cfg.dataset_dir == Path("data/dataset")
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data_dir: d\nannotations: k700:val\nclasses: [a, b, c]\nframes: {split: [0.8, 0.1, 0.1]}\n")
+    cfg = load_config(p, ["download.workers=7", "frames.size=64", "splits=[train, validate]", "max_per_class=null"])
+    assert cfg.annotations == [KINETICS_ANNOTATIONS["k700:val"]]
+    assert cfg.download.workers == 7 and cfg.frames.size == 64
+    assert cfg.splits == ["train", "val"]
+    assert cfg.frames.split.train == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["frames.num_frame=3"], "frames.num_frame: unknown key"),
+        (["download.workers=0"], "download.workers"),
+        (["classes=[only-one]"], "at least two"),
+        (["frames.split=[0.5, 0.2, 0.2]"], "sum to 1"),
+        (["url_template=https://x/{id}"], "{youtube_id}"),
+        (["splits=[training]"], "unknown splits"),
+        (["download.rate_limit=fast"], "rate_limit"),
+        (["nokey"], "key=value"),
+    ],
+)
+def test_bad_config_is_a_clear_error(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_relative_file_template_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = PipelineConfig(url_template="file://src/{youtube_id}.mp4")
+    assert cfg.url_template == f"file://{tmp_path}/src/{{youtube_id}}.mp4"
+    assert PipelineConfig(url_template="file:///abs/{youtube_id}.mp4").url_template == "file:///abs/{youtube_id}.mp4"
+
+
+def test_config_round_trips_as_flow_parameters():
+    """Deployments pass the config as JSON: it must survive a dump/validate round trip unchanged."""
+    cfg = load_config(None, ["train.epochs=3", "download.cookies=/tmp/c.txt"])
+    again = PipelineConfig.model_validate(cfg.model_dump(mode="json"))
+    assert again == cfg
