@@ -1,0 +1,63 @@
+"""Download stage: annotations -> trimmed clips under ``<data_dir>/raw`` + ``reports/download.csv``.
+
+Clips are downloaded by the per-clip task mapped over a thread pool of ``download.workers`` threads (downloads
+wait on the network, not the CPU). The stage fails only when nothing is usable: when the annotations cannot be
+read, nothing is selected, or not a single clip was downloaded or already on disk.
+"""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.core import download as core
+from tasks.core.annotations import AnnotationError
+from tasks.core.config import PipelineConfig
+from tasks.download import clean_partials_task, download_clip_task, select_clips_task, write_report_task
+
+
+def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[str] | None = None) -> dict:
+    return {"stage": "download", "counts": counts or {}, "outputs": outputs or [], "failed": True, "message": message}
+
+
+@flow(name="download")
+def download_flow(config: PipelineConfig) -> dict:
+    logger = get_run_logger()
+    try:
+        core.check_options(config.download)
+    except ValueError as e:
+        return _failed(str(e))
+    try:
+        clips = select_clips_task(config)
+    except AnnotationError as e:
+        return _failed(f"cannot use the annotations: {e}")
+    if not clips:
+        return _failed(f"no clip of {config.classes} in splits {config.splits or 'all'} of {config.annotations}")
+
+    clean_partials_task(config.raw_dir)
+    # The thread pool's size is a config value, known only now, so the runner is opened here rather than fixed
+    # in the decorator; tasks submitted through it are still task runs of this flow run.
+    with ThreadPoolTaskRunner(max_workers=config.download.workers) as runner:
+        futures = runner.map(
+            download_clip_task,
+            {"clip": clips, "data_dir": unmapped(config.data_dir), "url_template": unmapped(config.url_template),
+             "download": unmapped(config.download)},
+        )
+        rows = [f.result() for f in futures]
+
+    report = write_report_task(rows, config.reports_dir / "download.csv")
+    counts = core.summarize(rows)
+    create_table_artifact(
+        [{"kind": "status", "name": k, "count": counts[k]} for k in ("downloaded", "skipped", "failed")]
+        + [{"kind": "failure reason", "name": k.removeprefix("failed_"), "count": v}
+           for k, v in counts.items() if k.startswith("failed_")],
+        key="download-summary",
+        description=f"download: {counts['requested']} clips requested; report {report}",
+    )
+    usable = counts["downloaded"] + counts["skipped"]
+    message = core.summary_message(counts)
+    logger.info(message)
+    outputs = [str(report), str(config.raw_dir)]
+    if usable == 0:
+        return _failed(f"no clip could be downloaded: {message}", counts, outputs)
+    return {"stage": "download", "counts": counts, "outputs": outputs, "failed": False, "message": message}
