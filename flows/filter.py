@@ -1,0 +1,41 @@
+"""Filter stage: the files the download report lists -> kept, or moved to ``quarantine/`` with a reason;
+``reports/filter.csv`` for the frames stage. Fails (non-zero exit in the CLI) when fewer than two classes keep a
+usable clip, since no classifier can be trained on that."""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.core import filtering as core
+from tasks.core.config import PipelineConfig
+from tasks.filter import check_clip, plan_filter, write_filter_report
+
+
+@flow(name="filter")
+def filter_flow(config: PipelineConfig) -> dict:
+    logger = get_run_logger()
+    plan = plan_filter(config)
+    for note in plan.notes:
+        logger.info(note)
+    for item in plan.missing:
+        logger.warning("%s is in the download report but not on disk: skipped", item.rel)
+    if not plan.todo and not plan.reused:
+        where = "reports/download.csv" if plan.source == "download.csv" else f"{config.raw_dir}/<class>/"
+        return {"stage": "filter", "counts": {"missing_files": len(plan.missing)}, "outputs": [], "failed": True,
+                "message": f"no clips to check in {where} for classes {config.classes}: run `vivit download` first"}
+    rows = list(plan.reused)
+    if plan.todo:
+        with ThreadPoolTaskRunner(max_workers=config.frames.workers) as runner:
+            futures = runner.map(check_clip, {"item": plan.todo, "data_dir": unmapped(config.data_dir)})
+            rows += [f.result() for f in futures]
+    report = write_filter_report(rows, config.reports_dir / "filter.csv", config.raw_dir)
+    s = core.summarize(rows, config.classes, reused=len(plan.reused), missing=len(plan.missing))
+    create_table_artifact(
+        [{"class": c, **v} for c, v in s.per_class.items()],
+        key="filter-summary",
+        description=f"filter: clips kept / quarantined per class (inputs: {plan.source}); report {report}",
+    )
+    (logger.error if s.failed else logger.info)(s.message)
+    outputs = [str(report)] + ([str(config.quarantine_dir)] if s.counts["quarantined"] else [])
+    return {"stage": "filter", "counts": s.counts, "outputs": outputs, "failed": s.failed, "message": s.message}

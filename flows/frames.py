@@ -1,0 +1,76 @@
+"""Frames stage: kept clips (reports/filter.csv) -> one ``(T, S, S, 3)`` uint8 ``.npy`` per clip under
+``<data_dir>/dataset/frames/``, ``manifest.parquet`` + ``dataset.json``, and ``reports/frames.csv``.
+
+Clips are sampled by a per-clip task mapped over ``frames.workers`` threads, each decoding with
+``cpus // workers`` threads. A clip that cannot be sampled is reported, not fatal; the stage fails only when the
+dataset would be unusable (no filter report, fewer than two classes, no training clip)."""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.core.config import PipelineConfig
+from tasks.frames import FilterReportMissing, decoder_threads, plan_frames, sample_clip_task, write_dataset
+
+
+def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[str] | None = None) -> dict:
+    return {"stage": "frames", "counts": counts or {}, "outputs": outputs or [], "failed": True, "message": message}
+
+
+@flow(name="frames")
+def frames_flow(config: PipelineConfig) -> dict:
+    logger = get_run_logger()
+    try:
+        plan = plan_frames(config)
+    except FilterReportMissing as e:
+        return _failed(str(e))
+    for note in plan.notes:
+        logger.info(note)
+    results: list[dict] = []
+    if plan.todo:
+        threads = decoder_threads(config.frames.workers)
+        logger.info("sampling %d clip(s) (%d already done), %d at a time x %d decoder thread(s)",
+                    len(plan.todo), len(plan.done), config.frames.workers, threads)
+        with ThreadPoolTaskRunner(max_workers=config.frames.workers) as runner:
+            futures = runner.map(
+                sample_clip_task,
+                {"job": plan.todo, "num_frames": unmapped(config.frames.num_frames),
+                 "size": unmapped(config.frames.size), "threads": unmapped(threads)},
+            )
+            results = [f.result() for f in futures]
+    ds = write_dataset(config, plan, results)
+    for w in ds.warnings:
+        logger.warning(w)
+
+    failures: dict[str, int] = {}
+    for r in results + plan.failed:
+        if r["status"] == "failed":
+            failures[r["reason"]] = failures.get(r["reason"], 0) + 1
+    splits = {s: sum(v[s] for v in ds.per_class_split.values()) for s in ("train", "val", "test")}
+    counts = {"clips": len(ds.rows), "sampled": sum(r["status"] == "sampled" for r in results),
+              "already_done": len(plan.done), "failed": sum(failures.values()), **splits,
+              **{f"failed_{k}": v for k, v in sorted(failures.items(), key=lambda kv: -kv[1])},
+              **({"removed_stale": len(ds.removed)} if ds.removed else {})}
+    create_table_artifact(
+        [{"class": c, **v, "total": sum(v.values())} for c, v in ds.per_class_split.items()],
+        key="frames-splits",
+        description=f"clips per split and class; {config.frames.split_mode} splits, seed {config.seed}; "
+                    f"fingerprint {ds.fingerprint}",
+    )
+    outputs = [str(ds.manifest), str(ds.dataset_json), str(ds.report)]
+    by_class = ", ".join(f"{c!r}: {sum(v.values())}" for c, v in ds.per_class_split.items())
+    message = (f"{len(ds.rows)} clips in the dataset ({by_class}); train/val/test = "
+               f"{splits['train']}/{splits['val']}/{splits['test']}; {counts['sampled']} sampled now, "
+               f"{counts['already_done']} already done")
+    if failures:
+        message += "; could not sample: " + ", ".join(f"{v} {k}" for k, v in failures.items())
+    if ds.warnings:
+        message += "\n   warning: " + "\n   warning: ".join(ds.warnings)
+    usable = [c for c, v in ds.per_class_split.items() if sum(v.values())]
+    if len(usable) < 2:
+        return _failed(f"fewer than two classes have sampled clips ({by_class}): {message}", counts, outputs)
+    if splits["train"] == 0:
+        return _failed(f"no training clips: {message}", counts, outputs)
+    logger.info(message)
+    return {"stage": "frames", "counts": counts, "outputs": outputs, "failed": False, "message": message}

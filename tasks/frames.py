@@ -1,0 +1,262 @@
+"""Prefect tasks of the frames stage: plan what is already done, sample one clip into its .npy, and write the
+manifest, dataset.json and reports/frames.csv.
+
+Re-running is decided from disk, in one planning task (a Prefect cache lookup would cost a task run per clip):
+a clip is done when its ``.npy`` exists with the expected ``(T, S, S, 3)`` uint8 shape, is newer than its source
+file, and ``dataset.json`` records the same sampling parameters. So an unchanged re-run samples nothing, deleting
+one ``.npy`` redoes only that clip, a re-downloaded source redoes its clip, and a new ``num_frames``/``size`` (or a
+new sampler version) redoes all.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.core import filtering, sampling
+from tasks.core.config import PipelineConfig, normalise_split
+from tasks.core.paths import UnsafePathError, atomic_path, atomic_write_text, label_slug, safe_join
+from tasks.core.splits import SplitClip, assign_splits
+
+FRAMES_REPORT_COLUMNS = ["clip_id", "label", "source_path", "status", "reason", "message", "frames_path"]
+
+
+class FilterReportMissing(FileNotFoundError):
+    """The filter stage has not run (no reports/filter.csv)."""
+
+
+@dataclass
+class ClipJob:
+    """One kept clip: where it comes from, where its frames go, and what the filter report said about it."""
+
+    clip_id: str
+    label: str
+    source: Path
+    source_rel: str  # relative to data_dir, as in filter.csv
+    dest: Path
+    frames_rel: str  # relative to the dataset folder
+    meta: dict[str, Any]  # the filter row (split, youtube_id, times, fps, duration, ...)
+
+
+@dataclass
+class FramesPlan:
+    todo: list[ClipJob]
+    done: list[dict[str, Any]]  # result rows of clips whose .npy is already right
+    failed: list[dict[str, Any]]  # clips that cannot even be attempted (missing source, unsafe id)
+    params: dict[str, int]
+    params_changed: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def decoder_threads(workers: int) -> int:
+    """Decoder threads per clip so that ``workers`` clips at once fill the CPUs without oversubscribing them."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, workers))
+
+
+def _previous_manifest(dataset_dir: Path) -> dict[str, dict[str, Any]]:
+    p = dataset_dir / "manifest.parquet"
+    if not p.is_file():
+        return {}
+    try:
+        df = pd.read_parquet(p)
+    except Exception:  # noqa: BLE001 - a damaged manifest only costs digests being recomputed
+        return {}
+    return {str(r["frames_path"]): r for r in df.to_dict("records")}
+
+
+def _previous_params(dataset_dir: Path) -> dict[str, Any] | None:
+    p = dataset_dir / "dataset.json"
+    try:
+        return json.loads(p.read_text()).get("params")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _result(job: ClipJob, status: str, *, reason: str = "", message: str = "", **kw: Any) -> dict[str, Any]:
+    return {"clip_id": job.clip_id, "label": job.label, "source_path": job.source_rel, "frames_path": job.frames_rel,
+            "status": status, "reason": reason, "message": message, "meta": job.meta, **kw}
+
+
+@task(name="plan-frames", cache_policy=NO_CACHE)
+def plan_frames(config: PipelineConfig) -> FramesPlan:
+    """Kept clips of the configured classes from reports/filter.csv, split into to-do and already done."""
+    report = config.reports_dir / "filter.csv"
+    if not report.is_file():
+        raise FilterReportMissing(f"no {report}: run `vivit filter --config ...` first")
+    params = sampling.sampling_params(config.frames.num_frames, config.frames.size)
+    previous = _previous_params(config.dataset_dir)
+    changed = previous is not None and previous != params
+    prev_rows = {} if changed else _previous_manifest(config.dataset_dir)
+    shape = (config.frames.num_frames, config.frames.size, config.frames.size, 3)
+    plan = FramesPlan([], [], [], params, changed)
+    if changed:
+        plan.notes.append(f"sampling parameters changed ({previous} -> {params}): every clip is sampled again")
+    wanted, seen = set(config.classes), set()
+    for row in filtering.read_csv_rows(report):
+        if row.get("status") != "kept" or row.get("label") not in wanted:
+            continue
+        clip_id = row.get("clip_id") or Path(row["path"]).stem
+        try:
+            slug = label_slug(row["label"])
+            frames_rel = sampling.frames_relpath(slug, clip_id)
+            dest = safe_join(config.dataset_dir, frames_rel)
+            source = safe_join(config.data_dir, row["path"])
+        except UnsafePathError as e:
+            plan.notes.append(f"skipped filter row {clip_id!r}: {e}")
+            continue
+        if clip_id in seen:
+            plan.notes.append(f"clip {clip_id!r} is listed twice (two labels?): only its first row is used")
+            continue
+        seen.add(clip_id)
+        job = ClipJob(clip_id, row["label"], source, row["path"], dest, frames_rel, row)
+        if not source.is_file():
+            plan.failed.append(_result(job, "failed", reason="missing_source", message=f"{row['path']} is gone"))
+        elif not changed and sampling.npy_matches(dest, shape, source.stat().st_mtime_ns):
+            prev = prev_rows.get(frames_rel, {})
+            # the previous row describes this very file only if it was written for the same source and the .npy
+            # has not been rewritten since (an interrupted run can rewrite a .npy and never reach the manifest)
+            if (prev.get("source_path") != _source_for_manifest(config, job.source_rel) or not prev.get("frames_sha256")
+                    or str(prev.get("frames_mtime_ns")) != str(dest.stat().st_mtime_ns)):
+                prev = {}
+            plan.done.append(_result(job, "skipped", message="already sampled", info=_info_from(prev, row),
+                                     digest=prev.get("frames_sha256") or sampling.array_digest(np.load(dest))))
+        else:
+            plan.todo.append(job)
+    return plan
+
+
+def _info_from(prev: dict[str, Any], row: dict[str, str]) -> dict[str, Any]:
+    """Source facts for a clip sampled on an earlier run: the previous manifest's, else the filter report's."""
+    if prev:
+        try:
+            return {"n_frames": int(prev["source_frames"]), "fps": float(prev["fps"]),
+                    "duration": float(prev["duration"]), "width": int(prev["source_width"]),
+                    "height": int(prev["source_height"])}
+        except (KeyError, TypeError, ValueError):  # a manifest from an older version: use the filter's facts
+            pass
+
+    def num(key: str, cast=float) -> Any:
+        try:
+            return cast(float(row.get(key) or 0))
+        except ValueError:
+            return cast(0)
+
+    return {"n_frames": num("frames", int), "fps": num("fps"), "duration": num("duration"),
+            "width": num("width", int), "height": num("height", int)}
+
+
+def _source_for_manifest(config: PipelineConfig, source_rel: str) -> str:
+    """The source file relative to the dataset folder (``../raw/<class>/<clip>.mp4``), like every manifest path."""
+    source = safe_join(config.data_dir, source_rel)
+    return Path(os.path.relpath(source, config.dataset_dir.resolve())).as_posix()
+
+
+@task(name="sample-clip", cache_policy=NO_CACHE, task_run_name="sample-{job.clip_id}")
+def sample_clip_task(job: ClipJob, num_frames: int, size: int, threads: int) -> dict[str, Any]:
+    """Sample one clip into its .npy. A clip that cannot be sampled is a result with a reason, not an error."""
+    try:
+        frames, info = sampling.sample_clip_info(job.source, num_frames, size, threads=threads)
+    except sampling.SamplingError as e:
+        get_run_logger().warning("cannot sample %s: %s", job.source_rel, e)
+        return _result(job, "failed", reason=e.reason, message=e.message)
+    sampling.save_npy(job.dest, frames)
+    return _result(job, "sampled", info={"n_frames": info.n_frames, "fps": info.fps, "duration": info.duration,
+                                         "width": info.width, "height": info.height},
+                   digest=sampling.array_digest(frames))
+
+
+def _float_or_nan(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+@dataclass
+class DatasetSummary:
+    manifest: Path
+    dataset_json: Path
+    report: Path
+    rows: list[dict[str, Any]]
+    per_class_split: dict[str, dict[str, int]]
+    warnings: list[str]
+    removed: list[str]
+    fingerprint: str
+
+
+@task(name="write-dataset", cache_policy=NO_CACHE)
+def write_dataset(config: PipelineConfig, plan: FramesPlan, results: list[dict[str, Any]]) -> DatasetSummary:
+    """Assign splits over the clips that have frames, write manifest.parquet + dataset.json (atomically), the
+    per-clip reports/frames.csv, and remove .npy files no longer in the manifest."""
+    everything = plan.done + results + plan.failed
+    ok = [r for r in everything if r["status"] in ("sampled", "skipped")]
+    clips = [SplitClip(r["clip_id"], r["label"], normalise_split(r["meta"].get("split") or "")) for r in ok]
+    fr = config.frames.split
+    split = assign_splits(clips, config.frames.split_mode, (fr.train, fr.val, fr.test), config.seed)
+    index = {c: i for i, c in enumerate(config.classes)}
+    rows = []
+    dataset_dir = config.dataset_dir
+    for r in sorted(ok, key=lambda r: (index[r["label"]], r["clip_id"])):
+        m, info = r["meta"], r["info"]
+        rows.append({
+            "clip_id": r["clip_id"], "label": r["label"], "label_index": index[r["label"]],
+            "split": split.assignment[r["clip_id"]], "frames_path": r["frames_path"],
+            "num_frames": config.frames.num_frames,
+            "source_path": _source_for_manifest(config, r["source_path"]),
+            "fps": float(info["fps"]), "duration": float(info["duration"]),
+            "height": config.frames.size, "width": config.frames.size,
+            "youtube_id": m.get("youtube_id", ""), "time_start": _float_or_nan(m.get("time_start")),
+            "time_end": _float_or_nan(m.get("time_end")), "official_split": normalise_split(m.get("split") or ""),
+            "source_frames": int(info["n_frames"]), "source_width": int(info["width"]),
+            "source_height": int(info["height"]), "frames_sha256": r["digest"],
+            "frames_mtime_ns": (dataset_dir / r["frames_path"]).stat().st_mtime_ns,
+        })
+    df = pd.DataFrame(rows, columns=sampling.MANIFEST_COLUMNS)
+    manifest = dataset_dir / "manifest.parquet"
+    with atomic_path(manifest) as tmp:
+        df.to_parquet(tmp, index=False)
+    fingerprint = sampling.dataset_fingerprint(rows, plan.params, config.classes)
+    per_class_split = {c: {s: 0 for s in ("train", "val", "test")} for c in config.classes}
+    for r in rows:
+        per_class_split[r["label"]][r["split"]] += 1
+    meta = {
+        "classes": list(config.classes), "num_frames": config.frames.num_frames, "size": config.frames.size,
+        "sampling": sampling.SAMPLING_METHOD, "fingerprint": fingerprint, "params": plan.params,
+        "split_mode": config.frames.split_mode, "split_fractions": [fr.train, fr.val, fr.test], "seed": config.seed,
+        "clips": len(rows), "counts": per_class_split,
+    }
+    dataset_json = atomic_write_text(dataset_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    report = atomic_write_text(
+        config.reports_dir / "frames.csv",
+        filtering.report_csv(sorted(everything, key=lambda r: (r["label"], r["clip_id"])), FRAMES_REPORT_COLUMNS),
+    )
+    removed = prune_frames(dataset_dir, {r["frames_path"] for r in rows})
+    return DatasetSummary(manifest, dataset_json, report, rows, per_class_split, split.warnings, removed, fingerprint)
+
+
+def prune_frames(dataset_dir: Path, keep: set[str]) -> list[str]:
+    """The dataset folder holds exactly what the manifest lists: .npy files of clips that are no longer kept (or
+    of classes no longer configured) and leftovers of interrupted writes are removed, then empty folders. They are
+    derived data: the raw clips stay, and the frames stage can make them again."""
+    frames_dir = dataset_dir / "frames"
+    removed: list[str] = []
+    if not frames_dir.is_dir():
+        return removed
+    for p in sorted(frames_dir.rglob("*")):
+        if p.is_file() and p.relative_to(dataset_dir).as_posix() not in keep:
+            p.unlink()
+            removed.append(p.relative_to(dataset_dir).as_posix())
+    filtering.remove_empty_dirs(frames_dir)
+    return removed
