@@ -345,3 +345,17 @@ def test_download_flow_fails_only_when_nothing_is_usable(prefect_harness, server
                         classes=["dribling basketball", "dunking basketball"])
     s = download_flow(typo)
     assert s["failed"] is True and "did you mean" in s["message"] and "dribbling basketball" in s["message"]
+
+
+def test_quarantined_clip_is_not_downloaded_again(server, tmp_path):
+    """The filter moved an earlier copy to quarantine/: re-running download must not fetch it on every run."""
+    final = dl.clip_path(tmp_path, clip())
+    q = tmp_path / "quarantine" / final.parent.name / final.name
+    q.parent.mkdir(parents=True)
+    q.write_bytes(b"not a video")
+    server.reset_hits()
+    r = dl.download_clip(clip(), tmp_path, server.template(), cfg())
+    assert (r.status, r.reason) == ("failed", "quarantined") and "quarantine/" in r.message
+    assert server.hits("/files/vid00000001.mp4") == 0 and not final.exists()
+    q.unlink()  # the user deletes the quarantined copy: the next run downloads it again
+    assert dl.download_clip(clip(), tmp_path, server.template(), cfg()).status == "downloaded"

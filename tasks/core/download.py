@@ -62,6 +62,7 @@ REASONS: dict[str, str] = {
     "unsupported_url": "yt-dlp found no video at the URL (e.g. an HTML page)",
     "file_urls_disabled": "file:// URL refused (set download.allow_file_urls: true)",
     "unsafe_path": "label or youtube_id would make an unsafe path; refused",
+    "quarantined": "downloaded earlier but rejected by the filter stage (see quarantine/; delete it to retry)",
     "ffmpeg_error": "ffmpeg failed to cut or convert the clip",
     "unknown": "anything else (see the message)",
 }
@@ -580,6 +581,12 @@ def download_clip(
     rel = final.relative_to(Path(data_dir).resolve()).as_posix()
     if final.is_file() and video_problem(final) is None:
         return _result(clip, "skipped", path=rel, message="already downloaded")
+    # The filter moved an earlier copy to quarantine/: downloading it again on every run would only repeat the
+    # same rejection, so it stays a recorded failure until the user deletes the quarantined file.
+    quarantined = safe_join(data_dir, "quarantine", label_slug(clip.label), final.name)
+    if not final.exists() and quarantined.is_file():
+        return _result(clip, "failed", reason="quarantined",
+                       message=f"rejected by the filter stage earlier: {quarantined.relative_to(Path(data_dir).resolve())}")
     url = clip_url(url_template, clip.youtube_id)
     if is_file_url(url) and not cfg.allow_file_urls:
         return _result(clip, "failed", reason="file_urls_disabled",
