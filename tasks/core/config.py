@@ -79,28 +79,32 @@ class SplitFractions(_Strict):
 
 
 class FramesConfig(_Strict):
-    num_frames: int = Field(16, ge=1, le=512)
-    size: int = Field(128, ge=16, le=1024)
-    split: SplitFractions = Field(default_factory=SplitFractions)
-    split_mode: Literal["random", "official"] = "random"
+    num_frames: int = Field(16, ge=1, le=512, description="frames per clip: centre of each of N equal segments")
+    size: int = Field(128, ge=16, le=1024, description="square side: short-side resize, then centre crop")
+    split: SplitFractions = Field(default_factory=SplitFractions, description="train/val/test fractions (random mode)")
+    split_mode: Literal["random", "official"] = Field(
+        "random", description="random: stratified by class, seeded; official: the CSV's own split column"
+    )
     workers: int = Field(2, ge=1, le=64, description="clips sampled at once")
 
 
 class TrainConfig(_Strict):
     model: str = Field("vivit-fe-tiny", description="preset name, see README")
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(8, ge=1)
-    lr: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: float = Field(2.0, ge=0)
+    lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (cosine decay after warm-up)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
+    warmup_epochs: float = Field(2.0, ge=0, description="linear warm-up length in epochs")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    grad_clip: float | None = Field(1.0, gt=0)
-    class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
-    augment: bool = True
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
+    class_balance: Literal["weighted_loss", "sampler", "none"] = Field(
+        "weighted_loss", description="class-imbalance handling: inverse-frequency loss weights or balanced sampling"
+    )
+    augment: bool = Field(True, description="random resized crop + flip, identical for every frame of a clip")
     patience: int | None = Field(8, ge=1, description="early stopping on val macro F1; null disables")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
-    compile: bool = False
-    num_workers: int = Field(0, ge=0)
+    compile: bool = Field(False, description="torch.compile the network")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
     single_frame: bool = Field(False, description="ablation: feed only the middle frame")
 
@@ -109,21 +113,21 @@ class MlflowConfig(_Strict):
     tracking_uri: str | None = Field(
         None, description="null: $MLFLOW_TRACKING_URI, else an embedded SQLite store under the work dir"
     )
-    experiment: str = "vivit-kinetics"
-    model_name: str = "vivit-kinetics"
+    experiment: str = Field("vivit-kinetics", description="MLflow experiment name")
+    model_name: str = Field("vivit-kinetics", description="registered model name (aliases challenger/champion)")
 
 
 class PipelineConfig(_Strict):
-    data_dir: Path = Path("data")
+    data_dir: Path = Field(Path("data"), description="everything the stages write lives under here")
     annotations: list[str] = Field(
         default_factory=lambda: [KINETICS_ANNOTATIONS["k400:train"], KINETICS_ANNOTATIONS["k400:val"]],
         description="Kinetics CSV paths or URLs, or aliases such as k400:train, k700:val",
     )
-    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES))
+    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES), description="Kinetics label names")
     splits: list[str] | None = Field(None, description="CSV splits to take (train/val/test); null = all")
-    max_per_class: int | None = Field(None, ge=1)
-    url_template: str = YOUTUBE_URL_TEMPLATE
-    seed: int = 0
+    max_per_class: int | None = Field(None, ge=1, description="cap per class (first rows of the CSVs)")
+    url_template: str = Field(YOUTUBE_URL_TEMPLATE, description="where a youtube_id is fetched from")
+    seed: int = Field(0, description="splits, initialisation, shuffling, augmentation")
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     frames: FramesConfig = Field(default_factory=FramesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
