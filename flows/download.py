@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from tasks.progress import gather
 from tasks.core import download as core
 from tasks.core.annotations import AnnotationError
 from tasks.core.config import PipelineConfig
@@ -43,7 +44,7 @@ def download_flow(config: PipelineConfig) -> dict:
             {"clip": clips, "data_dir": unmapped(config.data_dir), "url_template": unmapped(config.url_template),
              "download": unmapped(config.download)},
         )
-        rows = [f.result() for f in futures]
+        rows = gather(futures, "download")
 
     report = write_report_task(rows, config.reports_dir / "download.csv")
     counts = core.summarize(rows)

@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from tasks.progress import gather
 from tasks.core import filtering as core
 from tasks.core.config import PipelineConfig
 from tasks.filter import check_clip, plan_filter, write_filter_report
@@ -28,7 +29,7 @@ def filter_flow(config: PipelineConfig) -> dict:
     if plan.todo:
         with ThreadPoolTaskRunner(max_workers=config.frames.workers) as runner:
             futures = runner.map(check_clip, {"item": plan.todo, "data_dir": unmapped(config.data_dir)})
-            rows += [f.result() for f in futures]
+            rows += gather(futures, "filter")
     report = write_filter_report(rows, config.reports_dir / "filter.csv", config.raw_dir)
     s = core.summarize(rows, config.classes, reused=len(plan.reused), missing=len(plan.missing))
     create_table_artifact(

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from tasks.progress import gather
 from tasks.core.config import PipelineConfig
 from tasks.frames import FilterReportMissing, decoder_threads, plan_frames, sample_clip_task, write_dataset
 
@@ -38,7 +39,7 @@ def frames_flow(config: PipelineConfig) -> dict:
                 {"job": plan.todo, "num_frames": unmapped(config.frames.num_frames),
                  "size": unmapped(config.frames.size), "threads": unmapped(threads)},
             )
-            results = [f.result() for f in futures]
+            results = gather(futures, "frames")
     ds = write_dataset(config, plan, results)
     for w in ds.warnings:
         logger.warning(w)
