@@ -1,0 +1,6 @@
+"""Video transformers (ViViT, arXiv:2103.15691, and the original per-frame baseline) and their training loop.
+
+Entry points: :mod:`model.presets` (``build_model``, ``describe``, ``PRESETS``), :mod:`model.training`
+(``TrainOptions``, ``fit``), :mod:`model.predict` (``preprocess``, ``VideoClassifier``, ``predict_proba``).
+Pure PyTorch: no tracking or orchestration library is imported here.
+"""

@@ -1,0 +1,162 @@
+"""The dataset the frame-sampling stage writes, read lazily for training.
+
+``<dataset_dir>/manifest.parquet`` lists one clip per row (``frames_path`` relative to the dataset dir,
+``label_index`` into ``dataset.json``'s ``classes``, ``split`` in train/val/test); each clip is a ``(T, S, S, 3)``
+uint8 ``.npy``. Clips are memory-mapped (``np.load(mmap_mode="r")``) and only the crop a sample needs is read, so
+memory does not grow with the number of clips.
+
+Augmentation is the same for every frame of a clip (one random resized crop box and one flip decision per clip),
+because a per-frame crop would make objects jitter and fake the motion the model is meant to learn. Each sample's
+randomness comes from ``(seed, epoch, index)``, so an epoch is reproducible whatever the worker count and after a
+resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+REQUIRED_COLUMNS = ("clip_id", "label", "label_index", "split", "frames_path")
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """The dataset folder is missing, malformed or inconsistent with dataset.json."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    classes: list[str]
+    num_frames: int
+    image_size: int
+    fingerprint: str | None
+    manifest: pd.DataFrame
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.manifest[self.manifest["split"] == name].reset_index(drop=True)
+
+
+def load_dataset(dataset_dir: Path) -> DatasetInfo:
+    """Read and check ``manifest.parquet`` + ``dataset.json``; rows are sorted by (split, clip_id) so every
+    consumer sees one order."""
+    dataset_dir = Path(dataset_dir)
+    manifest_path, meta_path = dataset_dir / "manifest.parquet", dataset_dir / "dataset.json"
+    if not manifest_path.is_file() or not meta_path.is_file():
+        raise DatasetError(f"{dataset_dir} has no manifest.parquet + dataset.json (run the frames stage first)")
+    meta = json.loads(meta_path.read_text())
+    for key in ("classes", "num_frames", "size"):
+        if key not in meta:
+            raise DatasetError(f"{meta_path} lacks {key!r}")
+    classes = [str(c) for c in meta["classes"]]
+    if len(classes) < 2:
+        raise DatasetError(f"{meta_path}: need at least two classes, got {classes}")
+    df = pd.read_parquet(manifest_path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{manifest_path} lacks columns {missing}")
+    bad_split = sorted(set(df["split"]) - set(SPLITS))
+    if bad_split:
+        raise DatasetError(f"{manifest_path}: unknown splits {bad_split}")
+    idx = df["label_index"].astype(int)
+    if len(df) and (idx.min() < 0 or idx.max() >= len(classes)):
+        raise DatasetError(f"{manifest_path}: label_index outside [0, {len(classes)})")
+    mismatch = df[[classes[i] != lab for i, lab in zip(idx, df["label"])]]
+    if len(mismatch):
+        raise DatasetError(f"{manifest_path}: label and label_index disagree for clip {mismatch['clip_id'].iloc[0]!r}")
+    df = df.assign(label_index=idx).sort_values(["split", "clip_id"], kind="mergesort").reset_index(drop=True)
+    return DatasetInfo(classes=classes, num_frames=int(meta["num_frames"]), image_size=int(meta["size"]),
+                       fingerprint=meta.get("fingerprint"), manifest=df)
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator, height: int, width: int, *, scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` as torchvision's RandomResizedCrop draws it (10 tries, then the centre crop)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def _resize_uint8(frames: np.ndarray, size: int) -> np.ndarray:
+    """``(T, h, w, 3)`` uint8 -> ``(T, size, size, 3)`` uint8, bilinear with antialiasing."""
+    x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float()  # (T, 3, h, w); np.array copies mapped pages
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class ClipDataset(Dataset):
+    """Clips of one split as uint8 ``(T, S, S, 3)`` tensors with their label index; see the module docstring.
+
+    Call :meth:`set_epoch` before each epoch so augmentation differs between epochs (and is reproducible)."""
+
+    def __init__(self, dataset_dir: Path, rows: pd.DataFrame, *, num_frames: int, image_size: int,
+                 augment: bool = False, seed: int = 0) -> None:
+        self.root = Path(dataset_dir)
+        self.paths = [str(p) for p in rows["frames_path"]]
+        self.labels = np.asarray(rows["label_index"], dtype=np.int64)
+        self.num_frames, self.image_size = int(num_frames), int(image_size)
+        self.augment, self.seed, self.epoch = bool(augment), int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _open(self, i: int) -> np.ndarray:
+        path = self.root / self.paths[i]
+        arr = np.load(path, mmap_mode="r")
+        if arr.ndim != 4 or arr.shape[0] != self.num_frames or arr.shape[3] != 3 or arr.dtype != np.uint8:
+            raise DatasetError(f"{path}: expected uint8 ({self.num_frames}, H, W, 3), got {arr.dtype} {arr.shape}")
+        return arr
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        arr = self._open(i)
+        t, h, w, _ = arr.shape
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            top, left, ch, cw = random_resized_crop_box(rng, h, w)
+            clip = _resize_uint8(arr[:, top : top + ch, left : left + cw], self.image_size)  # same box every frame
+            if rng.random() < 0.5:
+                clip = clip[:, :, ::-1]  # same flip every frame
+        elif (h, w) != (self.image_size, self.image_size):
+            clip = _resize_uint8(arr, self.image_size)
+        else:
+            clip = arr
+        return torch.from_numpy(np.array(clip)), int(self.labels[i])  # np.array: read the mapped pages into a copy
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """``n / (K * n_k)`` per class (scikit-learn's "balanced"), so each class carries the same total weight in the
+    loss; a class absent from training gets weight 0 (it contributes nothing to the loss anyway)."""
+    counts = class_counts(labels, num_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(num_classes)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def balanced_sample_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Per-sample weights ``1 / n_class`` for a WeightedRandomSampler: every class is drawn equally often."""
+    counts = class_counts(labels, num_classes).astype(np.float64)
+    return torch.tensor(1.0 / counts[np.asarray(labels, dtype=np.int64)], dtype=torch.double)

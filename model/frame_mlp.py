@@ -1,0 +1,94 @@
+"""The original project's Keras design, kept as an honest baseline for ViViT (arXiv:2103.15691).
+
+Each frame is flattened and embedded by two dense layers (hidden, then embedding), a learned position embedding
+over time is added, one pre-norm transformer block (LayerNorm, multi-head self-attention, LayerNorm, MLP) mixes
+the frames, the encoded vectors are fused by global average pooling over time and an MLP head with GELU
+classifies. There is no spatial structure at all: a frame is one long vector of pixels.
+
+Input is a float clip ``(B, T, C, H, W)``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from model.layers import Block, init_weights
+
+
+@dataclass(frozen=True)
+class FrameMLPConfig:
+    num_classes: int
+    num_frames: int
+    image_size: int
+    in_channels: int = 3
+    hidden: int = 256
+    dim: int = 128
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    head_hidden: int = 128
+    dropout: float = 0.1
+    drop_path: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "image_size", "in_channels", "hidden", "dim", "heads", "head_hidden"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        for name in ("dropout", "drop_path"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v}")
+
+
+class FrameMLP(nn.Module):
+    """See the module docstring. Keyword-only construction with the fields of :class:`FrameMLPConfig`."""
+
+    def __init__(self, *, num_classes: int, num_frames: int, image_size: int, **kwargs) -> None:
+        super().__init__()
+        unknown = set(kwargs) - set(FrameMLPConfig.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown FrameMLP arguments {sorted(unknown)}; known: {sorted(FrameMLPConfig.__dataclass_fields__)}")
+        cfg = FrameMLPConfig(num_classes=num_classes, num_frames=num_frames, image_size=image_size, **kwargs)
+        self.config = cfg
+        pixels = cfg.in_channels * cfg.image_size**2
+        self.frame_embed = nn.Sequential(
+            nn.Linear(pixels, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.dim)
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.dim))
+        self.block = Block(cfg.dim, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
+                           drop_path=cfg.drop_path)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.head_hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.head_hidden, cfg.num_classes)
+        )
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    @classmethod
+    def from_config(cls, config: FrameMLPConfig) -> "FrameMLP":
+        return cls(**asdict(config))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C, H, W)`` -> encoded per-frame vectors ``(B, T, D)``."""
+        cfg = self.config
+        want = (cfg.num_frames, cfg.in_channels, cfg.image_size, cfg.image_size)
+        if x.ndim != 5 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"expected input (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+        x = self.frame_embed(rearrange(x, "b t c h w -> b t (c h w)"))
+        return self.norm(self.block(x + self.pos_embed))
+
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=1)  # fuse: global average over time
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,138 @@
+"""Transformer building blocks shared by every model family: pre-norm blocks (timm/nanoGPT style) with attention
+through :func:`torch.nn.functional.scaled_dot_product_attention` and stochastic depth."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples, rescale the rest."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over ``(B, N, D)`` tokens."""
+
+    def __init__(self, dim: int, *, heads: int, qkv_bias: bool = True, attn_dropout: float = 0.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.drop(self.proj(rearrange(x, "b h n d -> b n (h d)")))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + mlp(LN(x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads=heads, qkv_bias=qkv_bias, attn_dropout=attn_dropout, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`Block` with linearly increasing stochastic depth, and a final LayerNorm."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        drop_path: float | list[float] = 0.0,
+    ) -> None:
+        super().__init__()
+        rates = drop_path if isinstance(drop_path, list) else stochastic_depth_rates(drop_path, depth)
+        if len(rates) != depth:
+            raise ValueError(f"need {depth} drop path rates, got {len(rates)}")
+        self.blocks = nn.ModuleList(
+            Block(dim, heads=heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=dropout,
+                  attn_dropout=attn_dropout, drop_path=r)
+            for r in rates
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+def stochastic_depth_rates(max_rate: float, depth: int) -> list[float]:
+    """``0 .. max_rate`` linearly over ``depth`` blocks (the deepest block is dropped most often)."""
+    if depth <= 1:
+        return [0.0] * depth if max_rate == 0 else [max_rate] * depth
+    return [max_rate * i / (depth - 1) for i in range(depth)]
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT initialisation: truncated normal (std 0.02) for linear/conv weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

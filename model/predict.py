@@ -1,0 +1,100 @@
+"""From uint8 frames to class probabilities, with the exact preprocessing that training uses.
+
+Training and inference share :func:`preprocess` (and :func:`single_frame_clip` for the ablation), so a model can
+never see differently normalised pixels at prediction time. :class:`VideoClassifier` carries the sampling
+parameters (``num_frames``, ``image_size``) and the class names with the weights, so whoever loads it samples
+frames the same way as the dataset stage did.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+# ImageNet statistics: what image-pretrained patch embeddings (central-frame init) expect.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def preprocess(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, T, H, W, 3)`` RGB (numpy or tensor, any device) -> float32 ``(B, T, 3, H, W)`` normalised with
+    the ImageNet mean/std, on the input's device (CPU for numpy)."""
+    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    if x.ndim != 5 or x.shape[-1] != 3:
+        raise ValueError(f"expected frames (B, T, H, W, 3), got {tuple(x.shape)}")
+    if x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 frames, got {x.dtype}")
+    mean = torch.tensor(MEAN, device=x.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 1, 3, 1, 1)
+    x = rearrange(x, "b t h w c -> b t c h w").float().div_(255.0)
+    return (x - mean) / std
+
+
+def single_frame_clip(x: torch.Tensor) -> torch.Tensor:
+    """The single-frame ablation's input: the middle frame (index ``T // 2``) repeated ``T`` times along dim 1.
+
+    Repeating (rather than feeding ``T = 1``) keeps the network, its tubelets and its parameter count identical to
+    the full model, so the ablation removes temporal information and nothing else."""
+    t = x.shape[1]
+    return x[:, t // 2 : t // 2 + 1].expand(-1, t, *x.shape[2:]).contiguous()
+
+
+class SingleFrame(nn.Module):
+    """Wraps a network so that it only ever sees :func:`single_frame_clip` of its input. Training, evaluation and
+    a packaged :class:`VideoClassifier` then all apply the ablation the same way, without a flag to forget."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(single_frame_clip(x))
+
+
+class VideoClassifier(nn.Module):
+    """A trained network packaged for inference: uint8 frames ``(B, T, H, W, 3)`` -> softmax ``(B, K)`` float32.
+
+    Attributes ``classes``, ``num_frames``, ``image_size`` describe what the network was trained on (the frame
+    sampling parameters a caller must reproduce); for binary tasks the positive class is ``classes[1]``."""
+
+    def __init__(self, network: nn.Module, *, classes: Sequence[str], num_frames: int, image_size: int) -> None:
+        super().__init__()
+        if len(classes) < 2:
+            raise ValueError(f"need at least two classes, got {list(classes)}")
+        self.network = network
+        self.classes = [str(c) for c in classes]
+        self.num_frames = int(num_frames)
+        self.image_size = int(image_size)
+        self.eval()
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        want = (self.num_frames, self.image_size, self.image_size, 3)
+        if frames.ndim != 5 or tuple(frames.shape[1:]) != want:
+            raise ValueError(f"expected uint8 frames (B, {', '.join(map(str, want))}), got {tuple(frames.shape)}")
+        device = next(self.network.parameters()).device
+        return F.softmax(self.network(preprocess(frames.to(device))).float(), dim=-1)
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, frames: np.ndarray | torch.Tensor, *, batch_size: int = 16) -> np.ndarray:
+    """Class probabilities ``(B, K)`` for uint8 frames ``(B, T, H, W, 3)``, from a :class:`VideoClassifier` or a bare
+    network (which then gets :func:`preprocess` and a softmax). Runs in eval mode, in chunks of ``batch_size``."""
+    frames_t = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for start in range(0, len(frames_t), batch_size):
+            chunk = frames_t[start : start + batch_size]
+            if isinstance(model, VideoClassifier):
+                out.append(model(chunk).cpu())
+            else:
+                device = next(model.parameters()).device
+                out.append(F.softmax(model(preprocess(chunk.to(device))).float(), dim=-1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,251 @@
+"""ViViT: A Video Vision Transformer (Arnab et al., 2021, arXiv:2103.15691).
+
+Tubelet embedding (a Conv3d over non-overlapping ``t x p x p`` tubelets, Sec. 3.2) followed by one of the paper's
+three encoders (Sec. 3.3):
+
+* ``joint`` (model 1): every spatio-temporal token attends to every other one.
+* ``factorised_encoder`` (model 2): a spatial transformer per temporal index, whose per-step representations
+  (CLS token or mean) go through a temporal transformer. "Late fusion" of time; the cheapest of the three.
+* ``factorised_self_attention`` (model 3): each block attends over space (tokens of one temporal index), then over
+  time (tokens of one spatial location), then applies the MLP. Model 3 has no CLS token in the paper; here it
+  supports mean pooling only.
+
+Tubelets can be initialised from a 2D (image) patch embedding with "central frame" initialisation
+(:func:`inflate_patch_embedding`), Sec. 3.4, so image-pretrained ViT patch weights can be loaded.
+
+Input is a float clip ``(B, T, C, H, W)``, normalised as :func:`model.predict.preprocess` does.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from model.layers import Attention, DropPath, Mlp, Transformer, init_weights, stochastic_depth_rates
+
+Variant = Literal["joint", "factorised_encoder", "factorised_self_attention"]
+VARIANTS: tuple[str, ...] = ("joint", "factorised_encoder", "factorised_self_attention")
+
+
+@dataclass(frozen=True)
+class ViViTConfig:
+    """Every architectural choice of a :class:`ViViT`; validated on construction.
+
+    ``depth`` is the number of blocks of the joint and factorised-self-attention encoders and of the *spatial*
+    encoder of the factorised encoder; ``temporal_depth`` is the factorised encoder's temporal depth (unused by the
+    other variants)."""
+
+    num_classes: int
+    num_frames: int
+    image_size: int
+    variant: Variant = "factorised_encoder"
+    in_channels: int = 3
+    tubelet_size: int = 2
+    patch_size: int = 16
+    dim: int = 192
+    depth: int = 4
+    temporal_depth: int = 2
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    pool: Literal["cls", "mean"] = "cls"
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    head_dropout: float = 0.0
+    drop_path: float = 0.1
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+        for name in ("num_frames", "image_size", "in_channels", "tubelet_size", "patch_size", "dim", "depth", "heads"):
+            positive(name)
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.variant == "factorised_encoder":
+            positive("temporal_depth")
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+        if self.variant == "factorised_self_attention" and self.pool != "mean":
+            raise ValueError("factorised_self_attention (model 3) has no CLS token: use pool='mean'")
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(f"num_frames {self.num_frames} must be a multiple of tubelet_size {self.tubelet_size}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        for name in ("dropout", "attn_dropout", "head_dropout", "drop_path"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v}")
+
+    @property
+    def num_temporal(self) -> int:
+        return self.num_frames // self.tubelet_size
+
+    @property
+    def num_spatial(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def inflate_patch_embedding(conv2d_weight: torch.Tensor, t: int) -> torch.Tensor:
+    """Central-frame initialisation (ViViT Sec. 3.4): a ``(D, C, p, p)`` 2D patch-embedding kernel becomes a
+    ``(D, C, t, p, p)`` tubelet kernel that is zero everywhere except at temporal index ``t // 2``. A tubelet
+    embedded with it equals the 2D embedding of the tubelet's central frame."""
+    if conv2d_weight.ndim != 4:
+        raise ValueError(f"expected a (D, C, p, p) Conv2d weight, got shape {tuple(conv2d_weight.shape)}")
+    if t < 1:
+        raise ValueError(f"t must be >= 1, got {t}")
+    out = conv2d_weight.new_zeros(conv2d_weight.shape[:2] + (t,) + conv2d_weight.shape[2:])
+    out[:, :, t // 2] = conv2d_weight
+    return out
+
+
+class TubeletEmbedding(nn.Module):
+    """``(B, T, C, H, W)`` -> ``(B, T/t, (H/p)*(W/p), D)`` with one Conv3d whose kernel equals its stride."""
+
+    def __init__(self, *, in_channels: int, dim: int, tubelet_size: int, patch_size: int) -> None:
+        super().__init__()
+        k = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_channels, dim, kernel_size=k, stride=k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(rearrange(x, "b t c h w -> b c t h w"))
+        return rearrange(x, "b d nt nh nw -> b nt (nh nw) d")
+
+
+class FactorisedSelfAttentionBlock(nn.Module):
+    """Model 3 block on ``(B, nt, S, D)``: spatial attention, temporal attention, MLP, each pre-norm + residual."""
+
+    def __init__(self, dim: int, *, heads: int, mlp_ratio: float, qkv_bias: bool, dropout: float,
+                 attn_dropout: float, drop_path: float) -> None:
+        super().__init__()
+        kw = dict(heads=heads, qkv_bias=qkv_bias, attn_dropout=attn_dropout, dropout=dropout)
+        self.norm_s, self.attn_s = nn.LayerNorm(dim), Attention(dim, **kw)
+        self.norm_t, self.attn_t = nn.LayerNorm(dim), Attention(dim, **kw)
+        self.norm2, self.mlp = nn.LayerNorm(dim), Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, nt, s, _ = x.shape
+        xs = rearrange(x, "b t s d -> (b t) s d")
+        xs = xs + self.drop_path(self.attn_s(self.norm_s(xs)))
+        xt = rearrange(xs, "(b t) s d -> (b s) t d", b=b)
+        xt = xt + self.drop_path(self.attn_t(self.norm_t(xt)))
+        xt = xt + self.drop_path(self.mlp(self.norm2(xt)))
+        return rearrange(xt, "(b s) t d -> b t s d", b=b)
+
+
+class ViViT(nn.Module):
+    """Video Vision Transformer; see the module docstring. Construct with keyword arguments (the fields of
+    :class:`ViViTConfig`) or from a config with :meth:`from_config`."""
+
+    def __init__(self, *, num_classes: int, num_frames: int, image_size: int, **kwargs) -> None:
+        super().__init__()
+        unknown = set(kwargs) - set(ViViTConfig.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown ViViT arguments {sorted(unknown)}; known: {sorted(ViViTConfig.__dataclass_fields__)}")
+        cfg = ViViTConfig(num_classes=num_classes, num_frames=num_frames, image_size=image_size, **kwargs)
+        self.config = cfg
+        d, nt, ns = cfg.dim, cfg.num_temporal, cfg.num_spatial
+        block_kw = dict(heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, dropout=cfg.dropout,
+                        attn_dropout=cfg.attn_dropout)
+        use_cls = cfg.pool == "cls"
+
+        self.patch_embed = TubeletEmbedding(in_channels=cfg.in_channels, dim=d, tubelet_size=cfg.tubelet_size,
+                                            patch_size=cfg.patch_size)
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        if cfg.variant == "joint":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if use_cls else None
+            self.pos_embed = nn.Parameter(torch.zeros(1, nt * ns + int(use_cls), d))
+            self.encoder = Transformer(d, depth=cfg.depth, drop_path=cfg.drop_path, **block_kw)
+        elif cfg.variant == "factorised_encoder":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if use_cls else None
+            self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d)) if use_cls else None
+            self.pos_embed = nn.Parameter(torch.zeros(1, ns + int(use_cls), d))
+            self.temporal_pos_embed = nn.Parameter(torch.zeros(1, nt + int(use_cls), d))
+            rates = stochastic_depth_rates(cfg.drop_path, cfg.depth + cfg.temporal_depth)
+            self.spatial = Transformer(d, depth=cfg.depth, drop_path=rates[: cfg.depth], **block_kw)
+            self.temporal = Transformer(d, depth=cfg.temporal_depth, drop_path=rates[cfg.depth :], **block_kw)
+        else:  # factorised_self_attention: separable space + time position embeddings
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1, ns, d))
+            self.temporal_pos_embed = nn.Parameter(torch.zeros(1, nt, 1, d))
+            self.blocks = nn.ModuleList(
+                FactorisedSelfAttentionBlock(d, drop_path=r, **block_kw)
+                for r in stochastic_depth_rates(cfg.drop_path, cfg.depth)
+            )
+            self.norm = nn.LayerNorm(d)
+        self.head_drop = nn.Dropout(cfg.head_dropout)
+        self.head = nn.Linear(d, cfg.num_classes)
+        self.apply(init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith(("pos_embed", "cls_token")):
+                nn.init.trunc_normal_(p, std=0.02)
+
+    @classmethod
+    def from_config(cls, config: ViViTConfig) -> "ViViT":
+        return cls(**asdict(config))
+
+    # -- loading image-pretrained weights ------------------------------------------------------------------
+    @torch.no_grad()
+    def load_patch_embedding(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Initialise the tubelet embedding from a 2D patch embedding ``(D, C, p, p)`` (central frame init)."""
+        conv = self.patch_embed.proj
+        inflated = inflate_patch_embedding(weight, conv.kernel_size[0])
+        if inflated.shape != conv.weight.shape:
+            raise ValueError(f"2D patch embedding {tuple(weight.shape)} does not fit tubelet kernel {tuple(conv.weight.shape)}")
+        conv.weight.copy_(inflated)
+        if bias is not None:
+            conv.bias.copy_(bias)
+
+    # -- forward --------------------------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        want = (cfg.num_frames, cfg.in_channels, cfg.image_size, cfg.image_size)
+        if x.ndim != 5 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"expected input (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoded tokens after the final LayerNorm: ``(B, N, D)`` for joint (N = all tokens [+ CLS]) and the
+        factorised encoder (N = temporal tokens [+ CLS]); ``(B, nt*S, D)`` for factorised self-attention."""
+        self._check_input(x)
+        cfg = self.config
+        x = self.patch_embed(x)  # (B, nt, S, D)
+        b, nt = x.shape[:2]
+        if cfg.variant == "joint":
+            x = rearrange(x, "b t s d -> b (t s) d")
+            if self.cls_token is not None:
+                x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
+            return self.encoder(self.pos_drop(x + self.pos_embed))
+        if cfg.variant == "factorised_encoder":
+            x = rearrange(x, "b t s d -> (b t) s d")
+            if self.cls_token is not None:
+                x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = self.spatial(self.pos_drop(x + self.pos_embed))
+            x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
+            x = rearrange(x, "(b t) d -> b t d", b=b)
+            if self.temporal_cls_token is not None:
+                x = torch.cat([self.temporal_cls_token.expand(b, -1, -1), x], dim=1)
+            return self.temporal(x + self.temporal_pos_embed)
+        x = self.pos_drop(x + self.pos_embed + self.temporal_pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(rearrange(x, "b t s d -> b (t s) d"))
+
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        x = x[:, 0] if self.config.pool == "cls" else x.mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C, H, W)`` float -> logits ``(B, num_classes)``."""
+        return self.forward_head(self.forward_features(x))

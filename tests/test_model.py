@@ -1,0 +1,228 @@
+"""The model family: every preset's shapes, argument checks, central-frame init, overfitting a tiny batch, and the
+inference wrapper that shares preprocessing with training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.data import ClipDataset
+from model.frame_mlp import FrameMLP
+from model.predict import MEAN, STD, SingleFrame, VideoClassifier, predict_proba, preprocess, single_frame_clip
+from model.presets import DEFAULT_PRESET, PRESETS, build_model, describe
+from model.vivit import ViViT, ViViTConfig, inflate_patch_embedding
+from tests.support.tiny_dataset import noise_dataset
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot when other test processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(name: str, num_classes: int = 3, num_frames: int = 4, image_size: int = 32) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, num_classes=num_classes, num_frames=num_frames, image_size=image_size)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_shapes_gradients_no_nan(name):
+    model = tiny(name)
+    x = torch.randn(2, 4, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.ndim == 3 and feats.shape[0] == 2
+    logits = model.forward_head(feats)
+    assert logits.shape == (2, 3)
+    assert model.forward_head(feats, pre_logits=True).ndim == 2
+    out = model(x)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    out.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    with pytest.raises(ValueError, match="expected input"):
+        model(torch.randn(2, 5, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_describe_matches_the_built_model(name):
+    d = describe(name, num_frames=16, image_size=128)
+    model = build_model(name, num_classes=2, num_frames=16, image_size=128)
+    assert d["params"] == sum(p.numel() for p in model.parameters())
+    assert 0.05 < d["gflops"] < 50
+
+
+def test_default_preset_is_factorised_encoder():
+    cfg = PRESETS[DEFAULT_PRESET]
+    assert DEFAULT_PRESET == "vivit-fe-tiny" and cfg.variant == "factorised_encoder"
+    assert {"frame-mlp", "vivit-fe-tiny", "vivit-fe-small", "vivit-joint-tiny", "vivit-fsa-tiny"} <= set(PRESETS)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError) as e:
+        build_model("vivit-huge", num_classes=2, num_frames=16, image_size=128)
+    assert all(n in str(e.value) for n in PRESETS)
+    with pytest.raises(ValueError, match="no field"):
+        build_model(DEFAULT_PRESET, num_classes=2, num_frames=16, image_size=128, depht=3)
+
+
+def test_constructors_are_keyword_only_and_check_arguments():
+    with pytest.raises(TypeError):
+        ViViT(2, 16, 128)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        FrameMLP(2, 16, 128)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unknown ViViT arguments"):
+        ViViT(num_classes=2, num_frames=16, image_size=128, depht=3)
+    bad = [
+        dict(image_size=120),  # not a multiple of the patch
+        dict(num_frames=15),  # not a multiple of the tubelet
+        dict(dim=100, heads=3),
+        dict(num_classes=1),
+        dict(variant="divided"),
+        dict(variant="factorised_self_attention", pool="cls"),
+        dict(drop_path=1.0),
+        dict(depth=0),
+        dict(pool="max"),
+    ]
+    for override in bad:
+        kw = dict(num_classes=2, num_frames=16, image_size=128) | override
+        with pytest.raises(ValueError):
+            ViViT(**kw)
+    with pytest.raises(ValueError):
+        FrameMLP(num_classes=2, num_frames=16, image_size=128, dim=10, heads=3)
+
+
+def test_config_round_trip():
+    model = ViViT(num_classes=4, num_frames=8, image_size=32, variant="joint", dim=32, heads=2, depth=1)
+    again = ViViT.from_config(model.config)
+    assert again.config == model.config
+    assert isinstance(model.config, ViViTConfig)
+
+
+def test_inflate_patch_embedding_is_central_frame():
+    torch.manual_seed(0)
+    conv2d = torch.nn.Conv2d(3, 8, kernel_size=4, stride=4)
+    for t in (1, 2, 3, 4):
+        w3 = inflate_patch_embedding(conv2d.weight.detach(), t)
+        assert w3.shape == (8, 3, t, 4, 4)
+        assert torch.equal(w3[:, :, t // 2], conv2d.weight.detach())
+        assert w3.abs().sum() == conv2d.weight.detach().abs().sum()  # zero elsewhere
+        clip = torch.randn(2, 3, t, 16, 16)
+        out3 = F.conv3d(clip, w3, conv2d.bias, stride=(t, 4, 4))[:, :, 0]
+        out2 = conv2d(clip[:, :, t // 2])
+        torch.testing.assert_close(out3, out2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError):
+        inflate_patch_embedding(torch.zeros(8, 3, 4), 2)
+
+
+def test_model_loads_a_2d_patch_embedding():
+    model = ViViT(num_classes=2, num_frames=4, image_size=32, tubelet_size=2, patch_size=16, dim=32, heads=2, depth=1,
+                  temporal_depth=1)
+    conv2d = torch.nn.Conv2d(3, 32, kernel_size=16, stride=16)
+    model.load_patch_embedding(conv2d.weight.detach(), conv2d.bias.detach())
+    x = torch.randn(1, 4, 3, 32, 32)
+    tokens = model.patch_embed(x)  # (B, nt, S, D)
+    for step, frame in enumerate((1, 3)):  # central frame of tubelets [0,1] and [2,3]
+        expect = conv2d(x[:, frame]).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(tokens[:, step], expect, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        model.load_patch_embedding(torch.zeros(32, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["vivit-fe-tiny", "vivit-joint-tiny", "vivit-fsa-tiny", "frame-mlp"])
+def test_tiny_model_overfits_a_tiny_batch(name):
+    model = tiny(name, num_classes=3)
+    x = torch.randn(6, 4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(40):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    assert (logits.argmax(-1) == y).all()
+    assert F.cross_entropy(logits, y).item() < 0.1
+
+
+def test_preprocess_layout_and_normalisation():
+    frames = np.zeros((2, 4, 8, 8, 3), np.uint8)
+    frames[..., 0] = 255
+    x = preprocess(frames)
+    assert x.shape == (2, 4, 3, 8, 8) and x.dtype == torch.float32
+    torch.testing.assert_close(x[0, 0, :, 0, 0], torch.tensor([(1 - MEAN[0]) / STD[0], -MEAN[1] / STD[1], -MEAN[2] / STD[2]]))
+    assert torch.equal(preprocess(torch.from_numpy(frames)), x)
+    with pytest.raises(ValueError):
+        preprocess(frames.astype(np.float32))
+    with pytest.raises(ValueError):
+        preprocess(frames[0])
+
+
+def test_video_classifier_probabilities_any_batch():
+    net = tiny(DEFAULT_PRESET, num_classes=3).eval()
+    clf = VideoClassifier(net, classes=["a", "b", "c"], num_frames=4, image_size=32)
+    assert (clf.classes, clf.num_frames, clf.image_size) == (["a", "b", "c"], 4, 32)
+    for b in (1, 5):
+        frames = torch.randint(0, 256, (b, 4, 32, 32, 3), dtype=torch.uint8)
+        with torch.no_grad():
+            p = clf(frames)
+        assert p.shape == (b, 3) and p.dtype == torch.float32
+        torch.testing.assert_close(p.sum(-1), torch.ones(b))
+        np.testing.assert_allclose(predict_proba(clf, frames.numpy()), p.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predict_proba(net, frames, batch_size=2), p.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="expected uint8 frames"):
+        clf(torch.zeros(1, 5, 32, 32, 3, dtype=torch.uint8))
+
+
+def test_single_frame_sees_only_the_middle_frame():
+    x = torch.arange(6.0).view(1, 6, 1, 1, 1).expand(2, 6, 3, 4, 4)
+    sf = single_frame_clip(x)
+    assert sf.shape == x.shape and (sf == 3.0).all()
+    net = SingleFrame(tiny(DEFAULT_PRESET)).eval()
+    a = torch.randn(1, 4, 3, 32, 32)
+    b = a.clone()
+    b[:, [0, 1, 3]] = torch.randn(1, 3, 3, 32, 32)  # change every frame but the middle one (index 2)
+    with torch.no_grad():
+        torch.testing.assert_close(net(a), net(b))
+
+
+def test_augmentation_is_identical_for_all_frames(tmp_path):
+    root = noise_dataset(tmp_path, counts={"train": [2, 2]}, num_frames=4, size=32)
+    import pandas as pd
+
+    rows = pd.read_parquet(root / "manifest.parquet")
+    # make every frame of every clip the same, then any per-frame difference would come from augmentation
+    for p in rows["frames_path"]:
+        arr = np.load(root / p)
+        np.save(root / p, np.repeat(arr[:1], 4, axis=0))
+    ds = ClipDataset(root, rows, num_frames=4, image_size=32, augment=True, seed=1)
+    plain = ClipDataset(root, rows, num_frames=4, image_size=32, augment=False)
+    changed = 0
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            clip, label = ds[i]
+            assert clip.shape == (4, 32, 32, 3) and clip.dtype == torch.uint8
+            assert label == rows["label_index"][i]
+            assert all(torch.equal(clip[0], clip[t]) for t in range(1, 4))
+            changed += not torch.equal(clip, plain[i][0])
+    assert changed > 0  # augmentation does something
+    ds.set_epoch(1)
+    assert torch.equal(ds[0][0], ds[0][0])  # and is reproducible
+
+
+def test_model_package_stands_alone():
+    """MLflow ships model/ as the logged model's code: it must not need tasks/, prefect or mlflow."""
+    import subprocess
+    import sys
+
+    code = ("import sys, model.training, model.predict, model.presets, model.metrics, model.data; "
+            "bad = [m for m in ('tasks', 'prefect', 'mlflow', 'sklearn') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
