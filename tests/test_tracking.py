@@ -1,0 +1,110 @@
+"""The MLflow side for real: a SQLite store and registry in tmp_path, a logged classifier, the champion rules,
+and loading ``models:/NAME@champion`` in a fresh process from another working directory."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import tracking
+from tasks.core.config import MlflowConfig
+from tests.support.videos import make_counter_video
+
+T, S, K = 4, 32, 2
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="clf")
+    tracking.use_store(cfg)
+    return cfg
+
+
+def _classifier(seed: int = 0):
+    import torch
+
+    from model.predict import VideoClassifier
+    from model.presets import build_model
+
+    torch.manual_seed(seed)
+    net = build_model("frame-mlp", num_classes=K, num_frames=T, image_size=S)
+    return VideoClassifier(net, classes=["dribbling basketball", "dunking basketball"], num_frames=T, image_size=S)
+
+
+def _log_version(store: MlflowConfig, score: float) -> tracking.Registration:
+    with tracking.training_run(store.experiment, f"s{score}", {"train_key": "k"}) as run_id:
+        tracking.log_metrics({"best_val_f1": score})
+        uri = tracking.log_classifier(_classifier(), metadata={"classes": ["a", "b"], "num_frames": T, "image_size": S})
+        return tracking.register_and_promote(uri, store.model_name, run_id, score)
+
+
+def test_default_store_is_embedded_sqlite_with_four_slashes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.resolve_tracking_uri(MlflowConfig())
+    assert uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db" and uri.startswith("sqlite:////")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.resolve_tracking_uri(MlflowConfig()) == "http://127.0.0.1:5000"
+    assert tracking.resolve_tracking_uri(MlflowConfig(tracking_uri="sqlite:////x.db")) == "sqlite:////x.db"
+
+
+def test_champion_moves_only_on_a_strictly_better_score(store):
+    first = _log_version(store, 0.70)
+    assert (first.version, first.decision, first.champion_version) == (1, "first_champion", 1)
+    worse = _log_version(store, 0.60)
+    assert (worse.version, worse.decision, worse.champion_version, worse.incumbent_score) == (2, "kept_incumbent", 1, 0.70)
+    tie = _log_version(store, 0.70)
+    assert (tie.decision, tie.champion_version) == ("kept_incumbent", 1)
+    better = _log_version(store, 0.90)
+    assert (better.version, better.decision, better.champion_version) == (4, "promoted", 4)
+    assert tracking.aliases(store.model_name) == {"champion": 4, "challenger": 4}
+
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(MlflowClient().get_model_version(store.model_name, "2").run_id)
+    assert run.data.tags["registry.decision"] == "kept_incumbent"
+    assert run.data.metrics["incumbent_score"] == pytest.approx(0.70)
+    assert run.data.metrics["challenger_score"] == pytest.approx(0.60)
+
+
+def test_signature_is_uint8_clips_with_free_batch(store):
+    sig = tracking.classifier_signature(T, S, K)
+    assert sig.inputs.inputs[0].shape == (-1, T, S, S, 3) and sig.inputs.inputs[0].type == np.dtype(np.uint8)
+    assert sig.outputs.inputs[0].shape == (-1, K)
+
+
+def test_registered_champion_predicts_in_a_fresh_process(store, tmp_path):
+    _log_version(store, 0.8)
+    videos = [make_counter_video(tmp_path / f"v{i}.mp4", 30 + 10 * i, width=64, height=48, seed=i) for i in range(3)]
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "predict", *map(str, videos), str(corrupt),
+         "--model", f"models:/{store.model_name}@champion", "--tracking-uri", store.tracking_uri],
+        cwd=elsewhere, capture_output=True, text=True, timeout=180,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert [r["path"] for r in lines] == [*map(str, videos), str(corrupt)]
+    for r in lines[:3]:
+        assert r["label"] in ("dribbling basketball", "dunking basketball")
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert "error" in lines[3] and "label" not in lines[3]
+
+
+def test_loaded_model_takes_any_batch_size(store):
+    import torch
+
+    _log_version(store, 0.5)
+    clf = tracking.load_classifier(f"models:/{store.model_name}@champion", store.tracking_uri)
+    for b in (1, 5):
+        out = clf(torch.randint(0, 255, (b, T, S, S, 3), dtype=torch.uint8))
+        assert out.shape == (b, K) and torch.allclose(out.sum(1), torch.ones(b), atol=1e-5)
