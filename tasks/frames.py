@@ -21,7 +21,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.core import filtering, sampling
+from tasks.core import filtering, reports, sampling
 from tasks.core.config import PipelineConfig, normalise_split
 from tasks.core.paths import UnsafePathError, atomic_path, atomic_write_text, label_slug, safe_join
 from tasks.core.splits import SplitClip, assign_splits
@@ -104,7 +104,7 @@ def plan_frames(config: PipelineConfig) -> FramesPlan:
     if changed:
         plan.notes.append(f"sampling parameters changed ({previous} -> {params}): every clip is sampled again")
     wanted, seen = set(config.classes), set()
-    for row in filtering.read_csv_rows(report):
+    for row in reports.read_csv_rows(report):
         if row.get("status") != "kept" or row.get("label") not in wanted:
             continue
         clip_id = row.get("clip_id") or Path(row["path"]).stem
@@ -240,7 +240,7 @@ def write_dataset(config: PipelineConfig, plan: FramesPlan, results: list[dict[s
     dataset_json = atomic_write_text(dataset_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
     report = atomic_write_text(
         config.reports_dir / "frames.csv",
-        filtering.report_csv(sorted(everything, key=lambda r: (r["label"], r["clip_id"])), FRAMES_REPORT_COLUMNS),
+        reports.report_csv(sorted(everything, key=lambda r: (r["label"], r["clip_id"])), FRAMES_REPORT_COLUMNS),
     )
     removed = prune_frames(dataset_dir, {r["frames_path"] for r in rows})
     return DatasetSummary(manifest, dataset_json, report, rows, per_class_split, split.warnings, removed, fingerprint)

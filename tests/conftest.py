@@ -28,3 +28,14 @@ def shared_clips() -> Path:
     if not (SHARED_CLIPS / "MANIFEST.tsv").is_file():
         pytest.skip("../shared/clips is not present (only on the project's machines)")
     return SHARED_CLIPS
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot when other test processes share the cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,13 +15,7 @@ from model.vivit import ViViT, ViViTConfig, inflate_patch_embedding
 from tests.support.tiny_dataset import noise_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when other test processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny(name: str, num_classes: int = 3, num_frames: int = 4, image_size: int = 32) -> torch.nn.Module:

@@ -23,8 +23,6 @@ No Prefect here: ``tasks/download.py`` wraps these functions as tasks.
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import shutil
@@ -42,7 +40,8 @@ from urllib.parse import urlsplit
 from .annotations import Clip
 from .config import DownloadConfig
 from .media import ProbeError, ffmpeg_exe, probe
-from .paths import UnsafePathError, atomic_write_text, clip_stem, is_partial, label_slug, safe_join
+from . import reports
+from .paths import UnsafePathError, clip_stem, is_partial, label_slug, safe_join
 
 # -- reasons -------------------------------------------------------------------------------------------------
 REASONS: dict[str, str] = {
@@ -627,17 +626,12 @@ def clean_partials(raw_dir: str | os.PathLike) -> list[Path]:
 
 
 def report_csv(rows: Iterable[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    return buf.getvalue()
+    return reports.report_csv(rows, REPORT_COLUMNS)
 
 
 def write_report(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
     """``reports/download.csv``, written under a temporary name and renamed (a crash leaves the old report)."""
-    return atomic_write_text(path, report_csv(rows))
+    return reports.write_report(rows, REPORT_COLUMNS, path)
 
 
 def summary_message(counts: dict[str, int]) -> str:

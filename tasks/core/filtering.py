@@ -16,8 +16,6 @@ or past its end) are decoded as references but are not frames of the clip, so th
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import shutil
@@ -25,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .reports import read_csv_rows, write_report
 from .paths import atomic_write_text, is_partial, label_slug, safe_join
 from .sampling import (
     DECODER_FAILURES,
@@ -184,14 +183,6 @@ class FilterInputs:
     missing: list[FilterItem] = field(default_factory=list)  # reported as downloaded but not on disk
 
 
-def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
-    p = Path(path)
-    if not p.is_file():
-        return []
-    with p.open(newline="") as f:
-        return [dict(r) for r in csv.DictReader(f)]
-
-
 def _rel(data_dir: Path, p: Path) -> str:
     return p.resolve().relative_to(data_dir.resolve()).as_posix()
 
@@ -323,18 +314,9 @@ def remove_empty_dirs(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def report_csv(rows: Iterable[dict[str, Any]], columns: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    return buf.getvalue()
-
-
 def write_filter_report(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
     rows = sorted(rows, key=lambda r: (r["label"], r["original_path"] or r["path"]))
-    return atomic_write_text(path, report_csv(rows, FILTER_COLUMNS))
+    return write_report(rows, FILTER_COLUMNS, path)
 
 
 @dataclass
