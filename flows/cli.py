@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-dribbling", type=int, default=None)
     p.add_argument("--n-dunking", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extra-classes", type=int, default=0, help="add synthetic classes beyond the two (K > 2)")
     sub.add_parser("presets", help="list model presets with parameter counts and GFLOPs per clip")
     return ap
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.core.demo_data import generate_demo_dataset
 
         kw = {k: v for k, v in (("n_dribbling", args.n_dribbling), ("n_dunking", args.n_dunking)) if v is not None}
-        csv = generate_demo_dataset(args.out, seed=args.seed, **kw)
+        csv = generate_demo_dataset(args.out, seed=args.seed, extra_classes=args.extra_classes, **kw)
         print(f"wrote {csv} and {csv.parent / 'videos'}")
         return EXIT_OK
 
