@@ -28,7 +28,7 @@ PRESETS: dict[str, Config] = {
     # (the temporal-order test task) where mean pooling learned in ~5.
     "vivit-fe-tiny": ViViTConfig(**_D, variant="factorised_encoder", tubelet_size=2, patch_size=16, dim=128,
                                  depth=4, temporal_depth=2, heads=4, mlp_ratio=4.0, pool="mean", dropout=0.0,
-                                 drop_path=0.1, head_dropout=0.1),
+                                 drop_path=0.1, head_dropout=0.1, motion_init=True),
     "vivit-fe-small": ViViTConfig(**_D, variant="factorised_encoder", tubelet_size=2, patch_size=16, dim=192,
                                   depth=6, temporal_depth=3, heads=3, mlp_ratio=4.0, pool="mean", dropout=0.0,
                                   drop_path=0.1, head_dropout=0.1),

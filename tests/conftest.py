@@ -9,6 +9,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+# Configure Prefect's logging now, while sys.stderr is the real stream: its console handler keeps the stream it was
+# created with, and one created inside a capsys test would write to a buffer pytest closes afterwards.
+from prefect.logging.configuration import setup_logging  # noqa: E402
+
+setup_logging()
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CLIPS = ROOT.parent / "shared" / "clips"
 

@@ -4,23 +4,27 @@ YouTube cannot be reached from every machine, so ``make run`` and the tests use 
 H.264 videos ``<out>/videos/<youtube_id>.mp4`` (longer than the annotated window, so trimming is exercised) and
 ``<out>/annotations.csv`` in the official format ``label,youtube_id,time_start,time_end,split,is_cc``.
 
-Design: every clip shows the same side-view scene (a textured wall, a floor, a hoop on a pole, a stick-figure
-player and a ball), with every appearance parameter (colours, sizes, positions, hoop side, texture, camera
-jitter, noise, leg-swing rhythm, bounce period) drawn from one class-independent distribution. What differs is
-how things move:
+Design: every clip is a side view of half a court, wider than the frame (a textured wall of bricks, tiles or panels,
+a floor, a hoop on a pole, a stick-figure player and an orange ball), and every appearance parameter (colours,
+texture, sizes, floor height, hoop side, camera framing, camera shake, noise, leg-swing rhythm, bounce period) is
+drawn from one class-independent distribution. What differs is how things move:
 
-* ``dribbling basketball``: the player stays put (a slow sway of a few pixels per second) and bounces the ball
-  between hand and floor with a period of 1.6-3 s, so that 16 frames spread over 10 s (0.625 s apart, 2.5-4.8
-  samples per bounce, below the Nyquist limit) still see the rhythm.
-* ``dunking basketball``: the player dribbles *while running* towards the hoop (about 50-95 px/s at 240 px frame
-  height), gathers, jumps, carries the ball up to the rim, slams it down through the net, lands, and jogs back
-  away from the hoop while dribbling again. The jump happens at a random time in the window.
+* ``dribbling basketball``: the player stays put (a slow sway) and bounces the ball between hand and floor every
+  1.6-3 s, filmed from a tripod. 16 frames spread over 10 s are 0.625 s apart: 2.5-4.8 samples per bounce, below
+  the Nyquist limit, so the sampled clip still shows the rhythm rather than an alias of it.
+* ``dunking basketball``: the player is on the move all the time, at 3-6 m/s (0.6-1.0 frame heights per second):
+  out away from the hoop and back, a dribbling drive to the basket, a jump with the ball carried up to the rim, a
+  slam through the net, a landing and a jog back. The camera follows the player as a
+  broadcast camera does, so the whole background pans. The jump happens at a random time in the window.
 
-A dribbling clip's standing position and facing are drawn from the per-frame distribution of a dunking clip's
-player (a dunk is simulated and sampled at a random instant), so where the player is, which way they face, where
-the ball is and how the legs are posed look alike in a single frame of either class. The only single-frame cues
-left are the airborne instants of a dunk (about 1.2-1.6 s of a 10 s window). Across frames, the differences are
-large: sustained horizontal travel of the player, one big jump, a ball above the rim.
+A dribbling clip's position, facing and camera framing are copied from a dunk of the very same scene at a random
+instant, so single frames of both classes show the same things in the same places; the only single-frame cue left
+is the dunk's time in the air (about 1.2-1.6 s of a 10 s window). Across frames the difference is large: a panning
+background against a still one, a player who travels, one big jump. ``tests/test_demo_data.py`` measures both.
+
+Why so much motion: with ~80 training clips, a video transformer trained from scratch memorises backgrounds before
+it discovers a subtle motion cue (a walking-speed player in front of a still camera was not learned at all); a
+sprint with a panning camera is.
 
 Generation is deterministic for a seed and atomic (built in a temporary folder beside ``out_dir`` and renamed);
 calling it again with the same arguments on a complete output does no work.
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
@@ -48,7 +51,7 @@ DUNKING = "dunking basketball"
 CLASSES: tuple[str, ...] = (DRIBBLING, DUNKING)
 #: Optional classes for K>2 tests (``extra_classes=1`` adds the first, ...). Also motion-defined.
 EXTRA_CLASSES: tuple[str, ...] = ("shooting basketball", "passing basketball")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when the pictures change: a folder of an older version is regenerated
 MANIFEST = ".demo-data.json"
 CSV_NAME = "annotations.csv"
 CSV_COLUMNS = ["label", "youtube_id", "time_start", "time_end", "split", "is_cc"]
@@ -743,7 +746,8 @@ def _draw(img: np.ndarray, sc: Scene, st: State, ox: float, oy: float) -> None:
     leg = 0.47 * ph
     for sgn in (1, -1):
         a = sgn * st.legs
-        _capsule(img, hip[0], hip[1], hip[0] + leg * math.sin(a), hip[1] + leg * math.cos(a), sc.limb * 1.1, c["shorts"])
+        foot = (hip[0] + leg * math.sin(a), hip[1] + leg * math.cos(a))
+        _capsule(img, hip[0], hip[1], foot[0], foot[1], sc.limb * 1.1, c["shorts"])
     _capsule(img, hip[0], hip[1], sho[0], sho[1], sc.limb * 2.0, c["jersey"])
     _disc(img, sho[0] + f * 0.03 * ph, fy - 0.92 * ph, 0.085 * ph, c["skin"])
     back, front = st.hands[1], st.hands[0]
@@ -773,7 +777,8 @@ class ClipRenderer:
         jit = np.zeros((n, 2))
         for axis in range(2):
             for _ in range(2):
-                jit[:, axis] += 0.5 * amp * np.sin(2 * np.pi * t / r_cam.uniform(1.5, 7.0) + r_cam.uniform(0, 2 * np.pi))
+                period, phase = r_cam.uniform(1.5, 7.0), r_cam.uniform(0, 2 * np.pi)
+                jit[:, axis] += 0.5 * amp * np.sin(2 * np.pi * t / period + phase)
         jit += r_cam.normal(0, 0.15 * m, (n, 2))
         self.jitter = np.clip(np.round(jit), -m, m).astype(int)
         self.cam = np.round(self.motion.camera(t)).astype(int)
@@ -816,11 +821,6 @@ def clip_states(spec: ClipSpec, times) -> dict[str, np.ndarray]:
 def _render_job(job: tuple[ClipSpec, str]) -> None:
     spec, path = job
     encode_video(render_frames(spec), path, fps=spec.fps)
-
-
-def fingerprint(csv_path: str | os.PathLike) -> str:
-    """SHA-256 prefix of a generated CSV (handy in logs)."""
-    return hashlib.sha256(Path(csv_path).read_bytes()).hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:
