@@ -220,3 +220,17 @@ def test_model_package_stands_alone():
             "bad = [m for m in ('tasks', 'prefect', 'mlflow', 'sklearn') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_default_preset_starts_half_its_tubelet_filters_as_temporal_differences():
+    """Static appearance cancels in those filters (they sum to zero over time); the other half is untouched."""
+    from model.presets import DEFAULT_PRESET, build_model
+
+    m = build_model(DEFAULT_PRESET, num_classes=2, num_frames=8, image_size=32)
+    w = m.patch_embed.proj.weight  # (D, C, t, p, p)
+    half = w.shape[0] // 2
+    assert torch.allclose(w[:half].sum(dim=2), torch.zeros_like(w[:half].sum(dim=2)), atol=1e-6)
+    assert w[half:].sum(dim=2).abs().max() > 1e-3
+    still = torch.rand(1, 1, 3, 32, 32).expand(1, 8, 3, 32, 32)  # a clip with no motion at all
+    tokens = m.patch_embed(still)  # (B, T', N, D)
+    assert torch.allclose(tokens[..., :half], m.patch_embed.proj.bias[:half].expand_as(tokens[..., :half]), atol=1e-5)
