@@ -53,8 +53,15 @@ def train_key(config: PipelineConfig, dataset_info: dict[str, Any]) -> str:
 
 @task(name="find-reusable-run")
 def find_reusable_run(config: PipelineConfig, key: str) -> dict[str, Any] | None:
-    tracking.use_store(config.mlflow)
-    return tracking.find_reusable_run(config.mlflow.experiment, key, config.mlflow.model_name)
+    """The stage's result for a registered run with the same training key, in the shape training returns."""
+    uri = tracking.use_store(config.mlflow)
+    found = tracking.find_reusable_run(config.mlflow.experiment, key, config.mlflow.model_name)
+    if found is None:
+        return None
+    name = config.mlflow.model_name
+    return {"run_id": found["run_id"], "metrics": found["metrics"], "reused": True, "tracking_uri": uri,
+            "registry": {"name": name, "version": found["version"], "decision": "reused",
+                         "aliases": tracking.aliases(name)}}
 
 
 class _PrefectProgress:
@@ -158,7 +165,7 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
         "run_id": run_id,
         "tracking_uri": uri,
         "metrics": final,
-        "registry": reg.as_dict(),
+        "registry": {**reg.as_dict(), "aliases": tracking.aliases(config.mlflow.model_name)},
         "model_uri": f"models:/{config.mlflow.model_name}@champion",
         "classes": classes,
         "epochs_run": len(result.history),
