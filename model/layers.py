@@ -32,7 +32,11 @@ class DropPath(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over ``(B, N, D)`` tokens."""
+    """Multi-head self-attention over ``(B, N, D)`` tokens.
+
+    ``num_queries=n`` lets only the first ``n`` tokens attend (to all ``N``) and returns their ``(B, n, D)``
+    outputs. When a model reads nothing but the CLS token after its last block, the other ``N - 1`` query rows
+    of that block are dead work: skipping them gives the same logits and gradients for a fraction of the cost."""
 
     def __init__(self, dim: int, *, heads: int, qkv_bias: bool = True, attn_dropout: float = 0.0, dropout: float = 0.0) -> None:
         super().__init__()
@@ -44,8 +48,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads).unbind(0)
+    def forward(self, x: torch.Tensor, *, num_queries: int | None = None) -> torch.Tensor:
+        if num_queries is None:
+            q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads).unbind(0)
+        else:  # the q rows of the fused weight for the first tokens only, k and v for all of them
+            dim, w, bias = x.shape[-1], self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :num_queries], w[:dim], None if bias is None else bias[:dim])
+            q = rearrange(q, "b n (h d) -> b h n d", h=self.heads)
+            kv = F.linear(x, w[dim:], None if bias is None else bias[dim:])
+            k, v = rearrange(kv, "b n (two h d) -> two b h n d", two=2, h=self.heads).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
         return self.drop(self.proj(rearrange(x, "b h n d -> b n (h d)")))
 
@@ -83,8 +94,13 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, *, num_queries: int | None = None) -> torch.Tensor:
+        """``num_queries=n``: only the first ``n`` tokens are updated and returned, ``(B, n, D)``; see
+        :class:`Attention`."""
+        h = self.norm1(x)
+        if num_queries is not None:
+            x = x[:, :num_queries]
+        x = x + self.drop_path(self.attn(h, num_queries=num_queries))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -114,9 +130,12 @@ class Transformer(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
+    def forward(self, x: torch.Tensor, *, keep: int | None = None) -> torch.Tensor:
+        """``keep=n`` returns only the first ``n`` tokens ``(B, n, D)``, the same values as ``forward(x)[:, :n]``:
+        the last block then computes nothing for the others (a model that pools its CLS token needs ``keep=1``)."""
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, num_queries=keep if i == last else None)
         return self.norm(x)
 
 

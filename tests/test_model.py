@@ -234,3 +234,46 @@ def test_default_preset_starts_half_its_tubelet_filters_as_temporal_differences(
     still = torch.rand(1, 1, 3, 32, 32).expand(1, 8, 3, 32, 32)  # a clip with no motion at all
     tokens = m.patch_embed(still)  # (B, T', N, D)
     assert torch.allclose(tokens[..., :half], m.patch_embed.proj.bias[:half].expand_as(tokens[..., :half]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,overrides", [("vivit-joint-tiny", {}), ("vivit-fe-tiny", {"pool": "cls"}),
+                                            ("vivit-fe-tiny", {})])
+def test_forward_skips_dead_query_rows_but_gives_the_full_models_logits_and_gradients(name, overrides):
+    """With CLS pooling, forward() runs each encoder's last block for the CLS query only. That must be pure
+    saving: the same logits and the same gradients as pooling the fully computed tokens, in train mode with
+    stochastic depth (same seed, same drop masks)."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3, num_frames=4, image_size=32, drop_path=0.3).train()
+    x = torch.randn(3, 4, 3, 32, 32)
+    params = list(model.parameters())
+    torch.manual_seed(1)
+    fast = model(x)
+    g_fast = torch.autograd.grad(fast.square().sum(), params)
+    torch.manual_seed(1)
+    full = model.forward_head(model.forward_features(x))
+    g_full = torch.autograd.grad(full.square().sum(), params)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_fast, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in g_fast)
+    last = (model.encoder if name == "vivit-joint-tiny" else model.temporal).blocks[-1]
+    seen = []
+    last.mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    model(x)
+    model.forward_features(x)
+    assert seen == ([1, 9] if name == "vivit-joint-tiny" else [1, 3]) if model.config.pool == "cls" else [2, 2]
+
+
+def test_transformer_keep_returns_the_first_tokens_of_the_full_pass():
+    from model.layers import Transformer
+
+    torch.manual_seed(0)
+    enc = Transformer(32, depth=3, heads=4).eval()
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        full, kept = enc(x), enc(x, keep=2)
+    assert kept.shape == (2, 2, 32)
+    torch.testing.assert_close(kept, full[:, :2], rtol=1e-5, atol=1e-6)
+    no_bias = Transformer(32, depth=1, heads=4, qkv_bias=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(no_bias(x, keep=1), no_bias(x)[:, :1], rtol=1e-5, atol=1e-6)
