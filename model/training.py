@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,6 +128,7 @@ class TrainResult:
     test_metrics: dict[str, Any]
     stopped_early: bool
     checkpoint_path: Path  # best.pt
+    test_predictions: pd.DataFrame | None = None  # per test clip, see prediction_table()
     single_frame: bool = False
     resumed_from_epoch: int = 0
     notes: list[str] = field(default_factory=list)
@@ -251,10 +253,16 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@torch.inference_mode()
 def evaluate(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str]) -> dict[str, Any]:
-    """Probabilities for every clip of ``loader`` (no augmentation), and the classification report with the
-    plain (unweighted, unsmoothed) cross-entropy as ``loss``."""
+    """The classification report for every clip of ``loader`` (no augmentation), with the plain (unweighted,
+    unsmoothed) cross-entropy as ``loss``."""
+    labels, probs, loss = _predict(forward, loader, device, classes)
+    return classification_report(labels, probs, classes, loss=loss)
+
+
+@torch.inference_mode()
+def _predict(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str]):
+    """``(labels (N,), probabilities (N, K), mean cross-entropy or None)`` in the loader's order."""
     forward.eval()
     probs, labels, loss_sum = [], [], 0.0
     for frames, y in loader:
@@ -267,7 +275,24 @@ def evaluate(forward: nn.Module, loader: DataLoader, device: torch.device, class
     n = sum(len(y) for y in labels)
     p = torch.cat(probs).numpy() if probs else np.zeros((0, len(classes)))
     t = torch.cat(labels).numpy() if labels else np.zeros(0, np.int64)
-    return classification_report(t, p, classes, loss=loss_sum / n if n else None)
+    return t, p, loss_sum / n if n else None
+
+
+def prediction_table(rows: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per clip: ``clip_id``, ``label``, ``predicted``, ``correct``, ``p_<class>`` for every class, and
+    for two classes ``p_positive`` (the probability of ``classes[1]``, the positive class), so that a user can
+    re-threshold or find the clips the model gets wrong."""
+    predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+    table = pd.DataFrame({
+        "clip_id": rows["clip_id"].to_numpy(), "label": rows["label"].to_numpy(),
+        "predicted": [classes[i] for i in predicted],
+    })
+    table["correct"] = table["label"] == table["predicted"]
+    for k, c in enumerate(classes):
+        table[f"p_{c}"] = probs[:, k].astype(float)
+    if len(classes) == 2:
+        table["p_positive"] = probs[:, 1].astype(float)
+    return table
 
 
 def _train_epoch(forward, loader, optimizer, scheduler, criterion, device, grad_clip, classes) -> dict[str, Any]:
@@ -422,16 +447,19 @@ def fit(dataset_dir: Path, options: TrainOptions, *, work_dir: Path, callback: T
     network.load_state_dict(best["model"])
     val_metrics = evaluate(forward, eval_loaders["val"], device, classes) if has_val else {}
     if len(test_rows):
-        test_metrics = evaluate(forward, eval_loaders["test"], device, classes)
+        labels, probs, loss = _predict(forward, eval_loaders["test"], device, classes)
+        test_metrics = classification_report(labels, probs, classes, loss=loss)
+        test_predictions = prediction_table(test_rows, probs, classes)
     else:
         test_metrics = {"num_samples": 0, "note": "the test split is empty: no test evaluation"}
+        test_predictions = prediction_table(test_rows, np.zeros((0, k)), classes)
         notes.append(test_metrics["note"])
     model.cpu().eval()
     result = TrainResult(
         model=model, classes=list(classes), num_frames=info.num_frames, image_size=info.image_size, preset=opts.model,
         history=history, best_epoch=int(best_epoch), best_val_f1=float(best_f1), val_metrics=val_metrics,
         test_metrics=test_metrics, stopped_early=bool(stopped_early), checkpoint_path=best_path,
-        single_frame=opts.single_frame, resumed_from_epoch=int(resumed_from), notes=notes,
+        test_predictions=test_predictions, single_frame=opts.single_frame, resumed_from_epoch=int(resumed_from), notes=notes,
     )
     _call(callback, "on_train_end", result)
     return result
@@ -453,4 +481,4 @@ def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-__all__ = ["TrainOptions", "TrainResult", "TrainCallback", "fit", "evaluate", "load_best"]
+__all__ = ["TrainOptions", "TrainResult", "TrainCallback", "fit", "evaluate", "prediction_table", "load_best"]

@@ -12,7 +12,8 @@ from tasks.core.sampling import SamplingError, sample_clip
 
 
 def classify_videos(classifier: Any, paths: list[str], batch_size: int = 8) -> list[dict[str, Any]]:
-    """One result per path, in order: ``{"path", "label", "probabilities"}`` or ``{"path", "error"}``.
+    """One result per path, in order: ``{"path", "label", "probabilities"}`` (plus ``positive_class`` and
+    ``p_positive`` for a binary model) or ``{"path", "error"}``.
     An unreadable video is a result, never an exception, so one bad file does not sink a batch."""
     import torch
 
@@ -38,6 +39,8 @@ def classify_videos(classifier: Any, paths: list[str], batch_size: int = 8) -> l
                 "label": classifier.classes[top],
                 "probabilities": {c: round(float(x), 6) for c, x in zip(classifier.classes, pr)},
             }
+            if len(classifier.classes) == 2:  # binary: the positive class is the second, as in training
+                results[i] |= {"positive_class": classifier.classes[1], "p_positive": round(float(pr[1]), 6)}
     return [r for r in results if r is not None]
 
 

@@ -15,7 +15,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from tasks import tracking
 from tasks.core import plots
 from tasks.core.config import PipelineConfig
-from tasks.core.paths import label_slug
+from tasks.core.paths import atomic_write_text, label_slug
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -91,6 +91,19 @@ def _per_class_rows(test_metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"class": c, **{k: round(float(v), 4) for k, v in m.items()}} for c, m in test_metrics.get("per_class", {}).items()]
 
 
+def _misclassified_rows(predictions: Any, limit: int = 50) -> list[dict[str, Any]]:
+    """The test clips the model gets wrong, the most confidently wrong first: the first ones a person should look
+    at (a mislabelled clip, a class confusion)."""
+    if predictions is None or not len(predictions):
+        return []
+    wrong = predictions[~predictions["correct"]].copy()
+    p_cols = [c for c in wrong.columns if c.startswith("p_") and c != "p_positive"]
+    wrong["confidence"] = wrong[p_cols].max(axis=1) if p_cols else 0.0
+    wrong = wrong.sort_values("confidence", ascending=False).head(limit)
+    return [{"clip_id": r.clip_id, "label": r.label, "predicted": r.predicted, "confidence": round(float(r.confidence), 4)}
+            for r in wrong.itertuples()]
+
+
 @task(name="train-and-register")
 def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key: str) -> dict[str, Any]:
     from model.predict import VideoClassifier
@@ -145,6 +158,10 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
         if test.get("confusion_matrix"):
             figures.append(plots.confusion_matrix(test["confusion_matrix"], classes, out / "confusion_matrix.png"))
         tracking.log_artifacts(figures, "plots")
+        predictions = result.test_predictions
+        if predictions is not None and len(predictions):
+            csv_path = atomic_write_text(out / "test_predictions.csv", predictions.to_csv(index=False, float_format="%.6f"))
+            tracking.log_artifacts([csv_path], "report")
         report = {"classes": classes, "test": test, "val": result.val_metrics, "history": result.history,
                   "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}
         tracking.log_dict(report, "report/classification_report.json")
@@ -161,6 +178,10 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
     create_table_artifact(rows, key="train-summary", description=f"training {config.train.model} on {len(classes)} classes")
     if _per_class_rows(test):
         create_table_artifact(_per_class_rows(test), key="train-per-class", description="test per-class report")
+    wrong = _misclassified_rows(result.test_predictions)
+    if wrong:
+        create_table_artifact(wrong, key="train-test-errors",
+                              description=f"misclassified test clips ({len(wrong)} shown, most confident first)")
     return {
         "run_id": run_id,
         "tracking_uri": uri,

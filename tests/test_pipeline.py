@@ -63,6 +63,10 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= arts
     assert run.inputs.dataset_inputs, "the manifest is logged as an MLflow dataset input"
+    pred = pd.read_csv(client.download_artifacts(run.info.run_id, "report/test_predictions.csv", str(tmp_path / "dl")))
+    assert set(pred["clip_id"]) == set(manifest.loc[manifest["split"] == "test", "clip_id"])
+    assert pred["correct"].mean() == pytest.approx(run.data.metrics["test_accuracy"])
+    assert {"predicted", "p_positive"} <= set(pred.columns)
     assert int(client.get_model_version_by_alias("e2e", "champion").version) == 1
 
     # unchanged inputs: no repeated data work, no retraining

@@ -97,6 +97,8 @@ def test_registered_champion_predicts_in_a_fresh_process(store, tmp_path):
     for r in lines[:3]:
         assert r["label"] in ("dribbling basketball", "dunking basketball")
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert r["positive_class"] == "dunking basketball"
+        assert r["p_positive"] == r["probabilities"]["dunking basketball"]
     assert "error" in lines[3] and "label" not in lines[3]
 
 

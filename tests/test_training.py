@@ -122,6 +122,15 @@ def test_result_metrics_and_callback(small_ds, tmp_path):
     assert set(test["per_class"]["dunking basketball"]) == {"precision", "recall", "f1", "support"}
     assert result.val_metrics["f1"] == pytest.approx(result.best_val_f1)
     assert result.history[result.best_epoch - 1]["val_f1"] == pytest.approx(result.best_val_f1)
+    # per-clip test predictions agree with the report, and carry the positive-class probability (2 classes)
+    pred = result.test_predictions
+    assert list(pred.columns) == ["clip_id", "label", "predicted", "correct", "p_dribbling basketball",
+                                  "p_dunking basketball", "p_positive"]
+    assert len(pred) == 6 and pred["clip_id"].is_unique
+    np.testing.assert_allclose(pred[["p_dribbling basketball", "p_dunking basketball"]].sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(pred["p_positive"], pred["p_dunking basketball"])
+    assert pred["correct"].mean() == pytest.approx(test["accuracy"])
+    assert ((pred["p_positive"] > 0.5) == (pred["predicted"] == "dunking basketball")).all()
 
     # best.pt rebuilds the same network, and the classifier gives the same probabilities
     net, meta = load_best(result.checkpoint_path)
