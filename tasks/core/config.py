@@ -55,9 +55,9 @@ class DownloadConfig(_Strict):
 
 
 class SplitFractions(_Strict):
-    train: float = Field(0.7, ge=0, le=1)
-    val: float = Field(0.15, ge=0, le=1)
-    test: float = Field(0.15, ge=0, le=1)
+    train: float = Field(0.7, ge=0, le=1, description="fraction of each class for training (random mode)")
+    val: float = Field(0.15, ge=0, le=1, description="fraction for validation (model selection, early stopping)")
+    test: float = Field(0.15, ge=0, le=1, description="fraction held out for the final evaluation")
 
     @model_validator(mode="before")
     @classmethod
@@ -91,11 +91,11 @@ class FramesConfig(_Strict):
 class TrainConfig(_Strict):
     model: str = Field("vivit-fe-tiny", description="preset name, see README")
     epochs: int = Field(30, ge=1, description="maximum epochs (early stopping may end sooner)")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="clips per optimiser step")
     lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (cosine decay after warm-up)")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
     warmup_epochs: float = Field(2.0, ge=0, description="linear warm-up length in epochs")
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="cross-entropy label smoothing")
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
     class_balance: Literal["weighted_loss", "sampler", "none"] = Field(
         "weighted_loss", description="class-imbalance handling: inverse-frequency loss weights or balanced sampling"
