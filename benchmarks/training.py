@@ -11,8 +11,9 @@ the best measured fp32 ``torch.mm`` rate (the physical ceiling here).
 The peer is ``transformers.VivitForVideoClassification`` (spatio-temporal joint attention: ViViT model 1 only),
 configured to the same width, heads, MLP size, tubelet and input:
 
-* ``hf-vivit@joint-tiny`` has exactly ``vivit-joint-tiny``'s configuration (4 pre-norm blocks, CLS token,
-  same parameter count): the like-for-like *implementation* comparison, printed as ``ratio_joint_vs_hf``.
+* ``hf-vivit@joint-tiny`` has exactly ``vivit-joint-tiny``'s configuration (4 pre-norm blocks, CLS token, tanh
+  GELU, LayerNorm eps 1e-6, same parameter count): the like-for-like *implementation* comparison, printed as ``ratio_joint_vs_hf``.
+  The benchmark first checks that it is one model: ours, given HF's weights, reproduces HF's logits (~1e-7).
   Both pool the CLS token; ours runs its last block for the CLS query only (the other 512 rows of that block are
   never read: same logits and gradients, tested), so it executes fewer FLOPs for the same result, which the
   ``GFLOPs/clip`` columns show.
@@ -81,10 +82,44 @@ def hf_vivit(depth: int) -> torch.nn.Module:
         num_channels=3, hidden_size=ref.dim, num_hidden_layers=depth, num_attention_heads=ref.heads,
         intermediate_size=int(ref.dim * ref.mlp_ratio), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         qkv_bias=ref.qkv_bias, num_labels=CLASSES,
-    )
+    )  # activation (tanh GELU, "gelu_fast") and LayerNorm eps (1e-6): HF's defaults, which are also ours
     model = VivitForVideoClassification(cfg)
     model.bench_note = f"attn={model.config._attn_implementation}"  # type: ignore[attr-defined]
     return model
+
+
+def hf_weights_into_ours(hf: torch.nn.Module, ours: torch.nn.Module) -> None:
+    """Copy an HF ViViT's weights into our joint model of the same configuration (q, k and v fused into one
+    projection), so the two can be checked to compute the same function."""
+    sd = {k.removeprefix("vivit."): v for k, v in hf.state_dict().items()}
+    new = {
+        "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+        "cls_token": sd["embeddings.cls_token"], "pos_embed": sd["embeddings.position_embeddings"],
+        "encoder.norm.weight": sd["layernorm.weight"], "encoder.norm.bias": sd["layernorm.bias"],
+        "head.weight": sd["classifier.weight"], "head.bias": sd["classifier.bias"],
+    }
+    for i in range(len(ours.encoder.blocks)):
+        src, dst = f"layers.{i}.", f"encoder.blocks.{i}."
+        for kind in ("weight", "bias"):
+            new[f"{dst}attn.qkv.{kind}"] = torch.cat([sd[f"{src}attention.{n}_proj.{kind}"] for n in "qkv"])
+            new[f"{dst}attn.proj.{kind}"] = sd[f"{src}attention.o_proj.{kind}"]
+            new[f"{dst}norm1.{kind}"] = sd[f"{src}layernorm_before.{kind}"]
+            new[f"{dst}norm2.{kind}"] = sd[f"{src}layernorm_after.{kind}"]
+            new[f"{dst}mlp.fc1.{kind}"] = sd[f"{src}mlp.fc1.{kind}"]
+            new[f"{dst}mlp.fc2.{kind}"] = sd[f"{src}mlp.fc2.{kind}"]
+    ours.load_state_dict(new, strict=True)
+
+
+def same_function_as_hf(x: torch.Tensor) -> float:
+    """Max |logit difference| between HF at the joint-tiny configuration and vivit-joint-tiny carrying HF's weights
+    (eval mode): ~1e-6 means the comparison below is between two implementations of one model."""
+    torch.manual_seed(0)
+    hf = hf_vivit(PRESETS["vivit-joint-tiny"].depth).eval()
+    ours = build_model("vivit-joint-tiny", num_classes=CLASSES, num_frames=FRAMES, image_size=SIZE).eval()
+    hf_weights_into_ours(hf, ours)
+    with torch.no_grad():
+        return float((hf(pixel_values=x).logits - ours(x)).abs().max())
 
 
 class Runner:
@@ -148,10 +183,15 @@ def main() -> None:
          getattr(cfg, "variant", "original Keras design"))
         for name, cfg in PRESETS.items()
     ]
+    diff = None
     try:
         import transformers  # noqa: F401
 
         joint_depth = PRESETS["vivit-joint-tiny"].depth
+        diff = same_function_as_hf(x[:2].cpu())
+        print(f"same function: vivit-joint-tiny with HF's weights gives HF's logits within {diff:.1e}", flush=True)
+        if diff > 1e-3:
+            raise SystemExit(f"vivit-joint-tiny and HF's ViViT disagree by {diff}: the comparison would not be like for like")
         candidates.append(("hf-vivit@joint-tiny", lambda: hf_vivit(joint_depth), hf,
                            f"HF joint, depth {joint_depth} (= vivit-joint-tiny)"))
         candidates.append(("hf-vivit@fe-tiny-depth", lambda: hf_vivit(depth_fe), hf,
@@ -192,7 +232,7 @@ def main() -> None:
               f"{r['clips_s']:.1f} | {r['achieved_gflops']:.1f} | {r['matmul_fraction']:.0%} | {r['note']} |")
     default = rows[DEFAULT_PRESET]
     out = {"device": str(device), "threads": torch.get_num_threads(), "matmul_gflops": peak, "load1": load,
-           "batch": BATCH, "frames": FRAMES, "size": SIZE, "rows": rows}
+           "batch": BATCH, "frames": FRAMES, "size": SIZE, "hf_same_function_max_logit_diff": diff, "rows": rows}
     ratio = float("nan")
     if "hf-vivit@fe-tiny-depth" in rows:
         ratio = default["clips_s"] / rows["hf-vivit@fe-tiny-depth"]["clips_s"]

@@ -1,11 +1,20 @@
 """Transformer building blocks shared by every model family: pre-norm blocks (timm/nanoGPT style) with attention
-through :func:`torch.nn.functional.scaled_dot_product_attention` and stochastic depth."""
+through :func:`torch.nn.functional.scaled_dot_product_attention` and stochastic depth.
+
+Numerics follow ViViT's reference implementation (Scenic, JAX), as timm's ViT and HF's ViViT port do: LayerNorm
+with eps 1e-6 and the tanh approximation of GELU (flax's ``nn.gelu`` default). PyTorch runs that GELU as one fused
+kernel, forward and backward."""
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -65,7 +74,7 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
 
@@ -88,9 +97,9 @@ class Block(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn = Attention(dim, heads=heads, qkv_bias=qkv_bias, attn_dropout=attn_dropout, dropout=dropout)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
         self.drop_path = DropPath(drop_path)
 
@@ -128,7 +137,7 @@ class Transformer(nn.Module):
                   attn_dropout=attn_dropout, drop_path=r)
             for r in rates
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, *, keep: int | None = None) -> torch.Tensor:
         """``keep=n`` returns only the first ``n`` tokens ``(B, n, D)``, the same values as ``forward(x)[:, :n]``:

@@ -24,7 +24,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from model.layers import Attention, DropPath, Mlp, Transformer, init_weights, stochastic_depth_rates
+from model.layers import Attention, DropPath, LayerNorm, Mlp, Transformer, init_weights, stochastic_depth_rates
 
 Variant = Literal["joint", "factorised_encoder", "factorised_self_attention"]
 VARIANTS: tuple[str, ...] = ("joint", "factorised_encoder", "factorised_self_attention")
@@ -131,9 +131,9 @@ class FactorisedSelfAttentionBlock(nn.Module):
                  attn_dropout: float, drop_path: float) -> None:
         super().__init__()
         kw = dict(heads=heads, qkv_bias=qkv_bias, attn_dropout=attn_dropout, dropout=dropout)
-        self.norm_s, self.attn_s = nn.LayerNorm(dim), Attention(dim, **kw)
-        self.norm_t, self.attn_t = nn.LayerNorm(dim), Attention(dim, **kw)
-        self.norm2, self.mlp = nn.LayerNorm(dim), Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
+        self.norm_s, self.attn_s = LayerNorm(dim), Attention(dim, **kw)
+        self.norm_t, self.attn_t = LayerNorm(dim), Attention(dim, **kw)
+        self.norm2, self.mlp = LayerNorm(dim), Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +184,7 @@ class ViViT(nn.Module):
                 FactorisedSelfAttentionBlock(d, drop_path=r, **block_kw)
                 for r in stochastic_depth_rates(cfg.drop_path, cfg.depth)
             )
-            self.norm = nn.LayerNorm(d)
+            self.norm = LayerNorm(d)
         self.head_drop = nn.Dropout(cfg.head_dropout)
         self.head = nn.Linear(d, cfg.num_classes)
         self.apply(init_weights)
