@@ -13,12 +13,13 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_LOGGING_LEVEL ?= INFO
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test test-fast bench clean help
+.PHONY: setup run test test-fast bench quality clean help
 
 help:
 	@echo "make run   - set up .venv and run the whole pipeline on the offline demo dataset"
 	@echo "make test  - set up .venv and run the test suite"
 	@echo "make bench - run benchmarks/ (sampling, training)"
+	@echo "make quality - default preset vs frame-mlp vs single frame on the demo dataset (after make run)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +46,9 @@ bench: setup
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/training.py
+
+quality: setup
+	$(BIN)/python benchmarks/quality.py
 
 clean:
 	rm -rf data .prefect mlruns .mlflow .pytest_cache
