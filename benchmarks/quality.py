@@ -5,7 +5,7 @@ The issue's question is whether the video transformer uses time at all: the sing
 network and sees the middle frame repeated, so any gap between the two is what motion is worth on this data.
 
 Usage: ``python benchmarks/quality.py [--dataset data/demo/dataset] [--epochs 30] [--json benchmarks/out/quality.json]``
-(``make run`` writes the demo dataset). Takes about 7 minutes on 2 CPU cores at 30 epochs.
+(``make run`` writes the demo dataset). Takes about 5 minutes on 2 CPU cores at 30 epochs.
 """
 from __future__ import annotations
 
