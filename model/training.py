@@ -121,7 +121,7 @@ class TrainResult:
     num_frames: int
     image_size: int
     preset: str
-    history: list[dict[str, float]]
+    history: list[dict[str, float]]  # flat per-epoch metrics, as the callback got them
     best_epoch: int
     best_val_f1: float
     val_metrics: dict[str, Any]
@@ -129,6 +129,7 @@ class TrainResult:
     stopped_early: bool
     checkpoint_path: Path  # best.pt
     test_predictions: pd.DataFrame | None = None  # per test clip, see prediction_table()
+    epoch_reports: list[dict[str, Any]] = field(default_factory=list)  # per epoch: train/val confusion matrices
     single_frame: bool = False
     resumed_from_epoch: int = 0
     notes: list[str] = field(default_factory=list)
@@ -235,11 +236,16 @@ def _flat_metrics(prefix: str, report: dict[str, Any], classes: list[str]) -> di
     out = {f"{prefix}_loss": report["loss"], f"{prefix}_accuracy": report["accuracy"], f"{prefix}_f1": report["f1"]}
     if report.get("auc") is not None:
         out[f"{prefix}_auc"] = report["auc"]
-    if prefix == "val":
-        for c in classes:
-            out[f"val_precision_{label_slug(c)}"] = report["per_class"][c]["precision"]
-            out[f"val_recall_{label_slug(c)}"] = report["per_class"][c]["recall"]
+    for c in classes:
+        out[f"{prefix}_precision_{label_slug(c)}"] = report["per_class"][c]["precision"]
+        out[f"{prefix}_recall_{label_slug(c)}"] = report["per_class"][c]["recall"]
     return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def _epoch_report(epoch: int, reports: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """What does not fit a flat metric: each split's confusion matrix and per-class table for one epoch."""
+    keep = ("confusion_matrix", "per_class", "num_samples")
+    return {"epoch": epoch, **{split: {k: r[k] for k in keep} for split, r in reports.items() if r is not None}}
 
 
 def _call(callback: Any, method: str, *args: Any) -> None:
@@ -372,6 +378,7 @@ def fit(dataset_dir: Path, options: TrainOptions, *, work_dir: Path, callback: T
     )
 
     history: list[dict[str, float]] = []
+    epoch_reports: list[dict[str, Any]] = []
     start_epoch, best_epoch, best_f1, best_loss, since_best, stopped_early = 0, 0, -math.inf, math.inf, 0, False
     if opts.resume and last_path.is_file():
         try:
@@ -385,6 +392,7 @@ def fit(dataset_dir: Path, options: TrainOptions, *, work_dir: Path, callback: T
             scheduler.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"])
             history = list(ckpt["history"])
+            epoch_reports = list(ckpt.get("epoch_reports", []))
             start_epoch, best_epoch, best_f1, best_loss = ckpt["epoch"], ckpt["best_epoch"], ckpt["best_val_f1"], ckpt["best_val_loss"]
             since_best, stopped_early = ckpt["since_best"], ckpt["stopped_early"]
             log.info("resuming from %s after epoch %d", last_path, start_epoch)
@@ -431,10 +439,11 @@ def fit(dataset_dir: Path, options: TrainOptions, *, work_dir: Path, callback: T
             if opts.patience is not None and since_best >= opts.patience:
                 stopped_early = True
         history.append({"epoch": float(epoch), **metrics})
+        epoch_reports.append(_epoch_report(epoch, {"train": train_report, "val": val_report}))
         _atomic_save({
             "version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch,
             "model": _plain_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(), "history": history, "best_epoch": best_epoch, "best_val_f1": best_f1,
+            "rng": rng_state(), "history": history, "epoch_reports": epoch_reports, "best_epoch": best_epoch, "best_val_f1": best_f1,
             "best_val_loss": best_loss, "since_best": since_best, "stopped_early": stopped_early,
             "options": asdict(opts),
         }, last_path)
@@ -457,9 +466,10 @@ def fit(dataset_dir: Path, options: TrainOptions, *, work_dir: Path, callback: T
     model.cpu().eval()
     result = TrainResult(
         model=model, classes=list(classes), num_frames=info.num_frames, image_size=info.image_size, preset=opts.model,
-        history=history, best_epoch=int(best_epoch), best_val_f1=float(best_f1), val_metrics=val_metrics,
-        test_metrics=test_metrics, stopped_early=bool(stopped_early), checkpoint_path=best_path,
-        test_predictions=test_predictions, single_frame=opts.single_frame, resumed_from_epoch=int(resumed_from), notes=notes,
+        history=history, epoch_reports=epoch_reports, best_epoch=int(best_epoch), best_val_f1=float(best_f1),
+        val_metrics=val_metrics, test_metrics=test_metrics, stopped_early=bool(stopped_early),
+        checkpoint_path=best_path, test_predictions=test_predictions, single_frame=opts.single_frame,
+        resumed_from_epoch=int(resumed_from), notes=notes,
     )
     _call(callback, "on_train_end", result)
     return result

@@ -163,7 +163,7 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
             csv_path = atomic_write_text(out / "test_predictions.csv", predictions.to_csv(index=False, float_format="%.6f"))
             tracking.log_artifacts([csv_path], "report")
         report = {"classes": classes, "test": test, "val": result.val_metrics, "history": result.history,
-                  "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}
+                  "epochs": result.epoch_reports, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}
         tracking.log_dict(report, "report/classification_report.json")
 
         metadata = {"classes": classes, "num_frames": num_frames, "image_size": size, "preset": config.train.model,

@@ -2,6 +2,9 @@
 PyAV sampling, Prefect flow runs, training, an MLflow SQLite store and registry."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -67,6 +70,11 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     assert set(pred["clip_id"]) == set(manifest.loc[manifest["split"] == "test", "clip_id"])
     assert pred["correct"].mean() == pytest.approx(run.data.metrics["test_accuracy"])
     assert {"predicted", "p_positive"} <= set(pred.columns)
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "report/classification_report.json",
+                                                       str(tmp_path / "dl"))).read_text())
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2]
+    n_train = int((manifest["split"] == "train").sum())
+    assert all(sum(map(sum, e["train"]["confusion_matrix"])) == n_train for e in report["epochs"])
     assert int(client.get_model_version_by_alias("e2e", "champion").version) == 1
 
     # unchanged inputs: no repeated data work, no retraining

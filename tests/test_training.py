@@ -86,6 +86,7 @@ def test_resume_after_crash_equals_uninterrupted_run(small_ds, tmp_path):
     assert resumed.resumed_from_epoch == 2
     assert [e for e, _ in resumed_cb.epochs] == [3, 4]
     assert _without_time(resumed.history) == _without_time(straight.history)
+    assert resumed.epoch_reports == straight.epoch_reports and len(resumed.epoch_reports) == 4
     for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), k
     last_a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
@@ -109,9 +110,17 @@ def test_result_metrics_and_callback(small_ds, tmp_path):
     assert [e for e, _ in cb.epochs] == [1, 2] and cb.ended == [result]
     metrics = cb.epochs[-1][1]
     expected = {"train_loss", "train_accuracy", "train_f1", "val_loss", "val_accuracy", "val_f1", "val_auc", "lr",
-                "epoch_seconds", "val_precision_dribbling_basketball", "val_recall_dribbling_basketball",
-                "val_precision_dunking_basketball", "val_recall_dunking_basketball"}
+                "epoch_seconds"}
+    expected |= {f"{split}_{m}_{c}" for split in ("train", "val") for m in ("precision", "recall")
+                 for c in ("dribbling_basketball", "dunking_basketball")}
     assert expected <= set(metrics)
+    # per epoch, the confusion matrices of both splits (18 train clips, 8 val clips)
+    assert [r["epoch"] for r in result.epoch_reports] == [1, 2]
+    for r in result.epoch_reports:
+        assert sum(map(sum, r["train"]["confusion_matrix"])) == 18 and sum(map(sum, r["val"]["confusion_matrix"])) == 8
+        assert set(r["val"]["per_class"]) == {"dribbling basketball", "dunking basketball"}
+    last = result.epoch_reports[-1]["val"]
+    assert metrics["val_recall_dunking_basketball"] == pytest.approx(last["per_class"]["dunking basketball"]["recall"])
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     assert result.classes == ["dribbling basketball", "dunking basketball"]
     assert (result.num_frames, result.image_size, result.preset) == (4, 32, "vivit-fe-tiny")
