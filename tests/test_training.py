@@ -237,3 +237,17 @@ def test_compile_option_trains_and_reports_what_the_plain_network_computes(tmp_p
     eager = evaluate(net, DataLoader(val, batch_size=4), torch.device("cpu"), info.classes)
     assert eager["loss"] == pytest.approx(result.val_metrics["loss"], rel=1e-4)
     assert eager["accuracy"] == result.val_metrics["accuracy"]
+
+
+def test_three_classes_softmax_report_without_binary_extras(tmp_path):
+    """K > 2: softmax over all classes, a K x K confusion matrix, no ROC-AUC and no positive-class column."""
+    root = noise_dataset(tmp_path / "ds", counts={"train": [3, 3, 2], "val": [2, 1, 1], "test": [1, 2, 1]},
+                         num_frames=4, size=32)
+    result = fit(root, opts(epochs=1, model="vivit-joint-tiny"), work_dir=tmp_path / "w")
+    assert result.classes == ["class 0", "class 1", "class 2"]
+    assert "val_auc" not in result.history[0] and result.test_metrics["auc"] is None
+    assert np.array(result.test_metrics["confusion_matrix"]).shape == (3, 3)
+    assert np.array(result.epoch_reports[0]["train"]["confusion_matrix"]).sum() == 8
+    pred = result.test_predictions
+    assert "p_positive" not in pred.columns and len(pred) == 4
+    np.testing.assert_allclose(pred[["p_class 0", "p_class 1", "p_class 2"]].sum(axis=1), 1.0, rtol=1e-5)
