@@ -240,7 +240,7 @@ class ViViT(nn.Module):
         cfg = self.config
         x = self.patch_embed(x)  # (B, nt, S, D)
         b, nt = x.shape[:2]
-        cls = self.config.pool == "cls"
+        cls = cfg.pool == "cls"
         if cfg.variant == "joint":
             x = rearrange(x, "b t s d -> b (t s) d")
             if cls:
