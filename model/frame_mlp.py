@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from model.layers import Block, init_weights
+from model.layers import Block, check_transformer_config, init_weights
 
 
 @dataclass(frozen=True)
@@ -33,20 +33,10 @@ class FrameMLPConfig:
     drop_path: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "image_size", "in_channels", "hidden", "dim", "heads", "head_hidden"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for name in ("dropout", "drop_path"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {v}")
+        check_transformer_config(
+            self, positive=("num_frames", "image_size", "in_channels", "hidden", "dim", "heads", "head_hidden"),
+            rates=("dropout", "drop_path"),
+        )
 
 
 class FrameMLP(nn.Module):

@@ -7,6 +7,7 @@ kernel, forward and backward."""
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,30 @@ from torch import nn
 
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def check_positive(config: Any, *names: str) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` that is not a positive integer on ``config``."""
+    for name in names:
+        v = getattr(config, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def check_transformer_config(config: Any, *, positive: tuple[str, ...], rates: tuple[str, ...]) -> None:
+    """The argument checks every model family's config shares: ``positive`` integers, ``num_classes >= 2``,
+    ``dim`` divisible by ``heads``, ``mlp_ratio > 0`` and the dropout-like ``rates`` in ``[0, 1)``."""
+    check_positive(config, *positive)
+    if not isinstance(config.num_classes, int) or config.num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {config.num_classes!r}")
+    if config.dim % config.heads:
+        raise ValueError(f"dim {config.dim} must be divisible by heads {config.heads}")
+    if config.mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be > 0, got {config.mlp_ratio}")
+    for name in rates:
+        v = getattr(config, name)
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {v}")
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

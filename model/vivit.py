@@ -24,7 +24,10 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from model.layers import Attention, DropPath, LayerNorm, Mlp, Transformer, init_weights, stochastic_depth_rates
+from model.layers import (
+    Attention, DropPath, LayerNorm, Mlp, Transformer, check_positive, check_transformer_config, init_weights,
+    stochastic_depth_rates,
+)
 
 Variant = Literal["joint", "factorised_encoder", "factorised_self_attention"]
 VARIANTS: tuple[str, ...] = ("joint", "factorised_encoder", "factorised_self_attention")
@@ -59,19 +62,14 @@ class ViViTConfig:
     motion_init: bool = False  # half the tubelet channels start as temporal differences (see ViViT.__init__)
 
     def __post_init__(self) -> None:
-        def positive(name: str) -> None:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-        for name in ("num_frames", "image_size", "in_channels", "tubelet_size", "patch_size", "dim", "depth", "heads"):
-            positive(name)
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        check_transformer_config(
+            self, positive=("num_frames", "image_size", "in_channels", "tubelet_size", "patch_size", "dim", "depth", "heads"),
+            rates=("dropout", "attn_dropout", "head_dropout", "drop_path"),
+        )
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.variant == "factorised_encoder":
-            positive("temporal_depth")
+            check_positive(self, "temporal_depth")
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.variant == "factorised_self_attention" and self.pool != "mean":
@@ -80,14 +78,6 @@ class ViViTConfig:
             raise ValueError(f"num_frames {self.num_frames} must be a multiple of tubelet_size {self.tubelet_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for name in ("dropout", "attn_dropout", "head_dropout", "drop_path"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {v}")
 
     @property
     def num_temporal(self) -> int:
