@@ -443,8 +443,8 @@ def fit(dataset_dir: Path, options: TrainOptions, *, work_dir: Path, callback: T
         _atomic_save({
             "version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch,
             "model": _plain_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(), "history": history, "epoch_reports": epoch_reports, "best_epoch": best_epoch, "best_val_f1": best_f1,
-            "best_val_loss": best_loss, "since_best": since_best, "stopped_early": stopped_early,
+            "rng": rng_state(), "history": history, "epoch_reports": epoch_reports, "best_epoch": best_epoch,
+            "best_val_f1": best_f1, "best_val_loss": best_loss, "since_best": since_best, "stopped_early": stopped_early,
             "options": asdict(opts),
         }, last_path)
         _call(callback, "on_epoch_end", epoch, dict(metrics))

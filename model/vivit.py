@@ -63,7 +63,8 @@ class ViViTConfig:
 
     def __post_init__(self) -> None:
         check_transformer_config(
-            self, positive=("num_frames", "image_size", "in_channels", "tubelet_size", "patch_size", "dim", "depth", "heads"),
+            self,
+            positive=("num_frames", "image_size", "in_channels", "tubelet_size", "patch_size", "dim", "depth", "heads"),
             rates=("dropout", "attn_dropout", "head_dropout", "drop_path"),
         )
         if self.variant not in VARIANTS:

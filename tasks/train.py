@@ -97,8 +97,7 @@ def _misclassified_rows(predictions: Any, limit: int = 50) -> list[dict[str, Any
     if predictions is None or not len(predictions):
         return []
     wrong = predictions[~predictions["correct"]].copy()
-    p_cols = [c for c in wrong.columns if c.startswith("p_") and c != "p_positive"]
-    wrong["confidence"] = wrong[p_cols].max(axis=1) if p_cols else 0.0
+    wrong["confidence"] = [wrong.at[i, f"p_{c}"] for i, c in zip(wrong.index, wrong["predicted"])]
     wrong = wrong.sort_values("confidence", ascending=False).head(limit)
     return [{"clip_id": r.clip_id, "label": r.label, "predicted": r.predicted, "confidence": round(float(r.confidence), 4)}
             for r in wrong.itertuples()]
