@@ -5,7 +5,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from tasks.core.config import PipelineConfig
-from tasks.train import DatasetMissingError, find_reusable_run, read_dataset_info, train_and_register, train_key
+from tasks.train import (
+    DatasetMissingError, find_reusable_run, read_dataset_info, summary_message, train_and_register, train_key,
+)
 
 
 @flow(name="train", log_prints=True)
@@ -21,10 +23,7 @@ def train_flow(config: PipelineConfig, force: bool = False) -> dict:
         logger.info("unchanged dataset and options: reusing run %s (model v%s)", res["run_id"], res["registry"]["version"])
     else:
         res = train_and_register(config, info, key)
-    m = res["metrics"]
     counts = {f"{split}_clips": info["split_counts"].get(split, 0) for split in ("train", "val", "test")}
-    msg = (f"{'reused' if res['reused'] else 'trained'} {config.train.model}: "
-           + ", ".join(f"{k}={m[k]:.3f}" for k in ("best_val_f1", "test_accuracy", "test_f1") if k in m)
-           + f"; {res['registry']['name']} v{res['registry']['version']} aliases={res['registry']['aliases']}")
+    msg = summary_message(config, res)
     return {"stage": "train", "counts": counts, "outputs": [res["tracking_uri"]], "failed": False, "message": msg,
             "result": res}

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from model.views import ViewSpec, eval_views, view_indices
+
 REQUIRED_COLUMNS = ("clip_id", "label", "label_index", "split", "frames_path")
 SPLITS = ("train", "val", "test")
 
@@ -101,17 +103,25 @@ def _resize_uint8(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 class ClipDataset(Dataset):
-    """Clips of one split as uint8 ``(T, S, S, 3)`` tensors with their label index; see the module docstring.
+    """Clips of one split with their label index; see the module docstring.
 
-    Call :meth:`set_epoch` before each epoch so augmentation differs between epochs (and is reproducible)."""
+    With a ``view`` (:class:`model.views.ViewSpec`): in ``training`` mode each item is one view at random positions
+    (a new draw every epoch), uint8 ``(frames_per_view, S, S, 3)``; otherwise the spec's fixed evaluation views,
+    ``(V, frames_per_view, S, S, 3)``. Without a view, every stored frame, ``(F, S, S, 3)``. Only the frames a view
+    needs are read from the memory-mapped file. Call :meth:`set_epoch` before each epoch so augmentation differs
+    between epochs (and is reproducible)."""
 
     def __init__(self, dataset_dir: Path, rows: pd.DataFrame, *, num_frames: int, image_size: int,
-                 augment: bool = False, seed: int = 0) -> None:
+                 view: ViewSpec | None = None, training: bool = False, augment: bool = False,
+                 crop_scale: float = 0.5, seed: int = 0) -> None:
         self.root = Path(dataset_dir)
         self.paths = [str(p) for p in rows["frames_path"]]
         self.labels = np.asarray(rows["label_index"], dtype=np.int64)
         self.num_frames, self.image_size = int(num_frames), int(image_size)
-        self.augment, self.seed, self.epoch = bool(augment), int(seed), 0
+        if view is not None:
+            view.check_stored(self.num_frames)
+        self.view, self.training = view, bool(training)
+        self.augment, self.crop_scale, self.seed, self.epoch = bool(augment), float(crop_scale), int(seed), 0
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -128,18 +138,24 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         arr = self._open(i)
-        t, h, w, _ = arr.shape
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            top, left, ch, cw = random_resized_crop_box(rng, h, w)
-            clip = _resize_uint8(arr[:, top : top + ch, left : left + cw], self.image_size)  # same box every frame
-            if rng.random() < 0.5:
-                clip = clip[:, :, ::-1]  # same flip every frame
-        elif (h, w) != (self.image_size, self.image_size):
-            clip = _resize_uint8(arr, self.image_size)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        if self.view is None:
+            frames = arr
+        elif self.training:
+            frames = arr[view_indices(self.num_frames, self.view, rng=rng)]  # fancy indexing reads only these frames
         else:
-            clip = arr
-        return torch.from_numpy(np.array(clip)), int(self.labels[i])  # np.array: read the mapped pages into a copy
+            frames = eval_views(arr, self.view)  # (V, P, H, W, 3)
+        t, h, w = frames.shape[-4:-1]
+        flat = frames.reshape(-1, h, w, 3)
+        if self.augment:
+            top, left, ch, cw = random_resized_crop_box(rng, h, w, scale=(self.crop_scale, 1.0))
+            flat = _resize_uint8(flat[:, top : top + ch, left : left + cw], self.image_size)  # same box every frame
+            if rng.random() < 0.5:
+                flat = flat[:, :, ::-1]  # same flip every frame
+        elif (h, w) != (self.image_size, self.image_size):
+            flat = _resize_uint8(flat, self.image_size)
+        out = np.array(flat).reshape(frames.shape[:-3] + (self.image_size, self.image_size, 3))  # copy: read the pages
+        return torch.from_numpy(out), int(self.labels[i])
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -1,9 +1,10 @@
 """From uint8 frames to class probabilities, with the exact preprocessing that training uses.
 
-Training and inference share :func:`preprocess` (and :func:`single_frame_clip` for the ablation), so a model can
-never see differently normalised pixels at prediction time. :class:`VideoClassifier` carries the sampling
-parameters (``num_frames``, ``image_size``) and the class names with the weights, so whoever loads it samples
-frames the same way as the dataset stage did.
+Training and inference share :func:`preprocess`, :func:`view_probabilities` (multi-view averaging, see
+:mod:`model.views`) and :func:`single_frame_clip` for the ablation, so a model can never see differently prepared
+input at prediction time. :class:`VideoClassifier` carries the sampling parameters (``num_frames`` stored frames,
+``image_size``), the :class:`~model.views.ViewSpec` and the class names with the weights, so whoever loads it
+samples frames the same way as the dataset stage did and looks at them the way evaluation did.
 """
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from model.views import ViewSpec, eval_views, to_network_input
+
 # ImageNet statistics: what image-pretrained patch embeddings (central-frame init) expect.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def preprocess(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 ``(B, T, H, W, 3)`` RGB (numpy or tensor, any device) -> float32 ``(B, T, 3, H, W)`` normalised with
-    the ImageNet mean/std, on the input's device (CPU for numpy)."""
+def preprocess(frames: np.ndarray | torch.Tensor, spec: ViewSpec | None = None) -> torch.Tensor:
+    """uint8 ``(B, N, H, W, 3)`` RGB (numpy or tensor, any device) -> float32 ``(B, T, C, H, W)`` on the input's
+    device (CPU for numpy). Without ``spec``: every frame, RGB normalised with the ImageNet mean/std (``T = N``).
+    With ``spec``: ``N`` must be one view's ``spec.frames_per_view`` frames (:func:`model.views.view_indices`),
+    turned into the spec's input form."""
     x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
     if x.ndim != 5 or x.shape[-1] != 3:
         raise ValueError(f"expected frames (B, T, H, W, 3), got {tuple(x.shape)}")
@@ -31,7 +36,20 @@ def preprocess(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, device=x.device).view(1, 1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(1, 1, 3, 1, 1)
     x = rearrange(x, "b t h w c -> b t c h w").float().div_(255.0)
-    return (x - mean) / std
+    if spec is None:
+        return (x - mean) / std
+    if x.shape[1] != spec.frames_per_view:
+        raise ValueError(f"a '{spec.input}' view of {spec.num_frames} positions is {spec.frames_per_view} frames, "
+                         f"got {x.shape[1]}")
+    return to_network_input(x, spec, mean, std)
+
+
+def view_probabilities(forward: nn.Module, views: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """uint8 ``(B, V, frames_per_view, H, W, 3)`` -> the mean over the ``V`` views of the softmax, ``(B, K)``
+    float32. Averaging probabilities (not logits) is what ViViT's and mmaction2's multi-view testing do."""
+    b, v = views.shape[:2]
+    logits = forward(preprocess(views.flatten(0, 1), spec)).float()  # (B*V, K)
+    return F.softmax(logits, dim=-1).view(b, v, -1).mean(dim=1)
 
 
 def single_frame_clip(x: torch.Tensor) -> torch.Tensor:
@@ -56,12 +74,16 @@ class SingleFrame(nn.Module):
 
 
 class VideoClassifier(nn.Module):
-    """A trained network packaged for inference: uint8 frames ``(B, T, H, W, 3)`` -> softmax ``(B, K)`` float32.
+    """A trained network packaged for inference: uint8 frames ``(B, F, H, W, 3)`` -> softmax ``(B, K)`` float32.
 
-    Attributes ``classes``, ``num_frames``, ``image_size`` describe what the network was trained on (the frame
-    sampling parameters a caller must reproduce); for binary tasks the positive class is ``classes[1]``."""
+    Attributes ``classes``, ``num_frames``, ``image_size`` describe what the network was trained on: ``num_frames``
+    and ``image_size`` are the frame sampler's parameters a caller must reproduce (``sample_clip(path, num_frames,
+    image_size)``). ``view`` says how the stored frames become network input; the views are averaged inside
+    ``forward``. Without a view (models packaged before views existed) every frame is one RGB network frame. For
+    binary tasks the positive class is ``classes[1]``."""
 
-    def __init__(self, network: nn.Module, *, classes: Sequence[str], num_frames: int, image_size: int) -> None:
+    def __init__(self, network: nn.Module, *, classes: Sequence[str], num_frames: int, image_size: int,
+                 view: ViewSpec | None = None) -> None:
         super().__init__()
         if len(classes) < 2:
             raise ValueError(f"need at least two classes, got {list(classes)}")
@@ -69,6 +91,9 @@ class VideoClassifier(nn.Module):
         self.classes = [str(c) for c in classes]
         self.num_frames = int(num_frames)
         self.image_size = int(image_size)
+        if view is not None:
+            view.check_stored(self.num_frames)
+        self.view = view
         self.eval()
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -76,7 +101,11 @@ class VideoClassifier(nn.Module):
         if frames.ndim != 5 or tuple(frames.shape[1:]) != want:
             raise ValueError(f"expected uint8 frames (B, {', '.join(map(str, want))}), got {tuple(frames.shape)}")
         device = next(self.network.parameters()).device
-        return F.softmax(self.network(preprocess(frames.to(device))).float(), dim=-1)
+        frames = frames.to(device)
+        view = getattr(self, "view", None)
+        if view is None:
+            return F.softmax(self.network(preprocess(frames)).float(), dim=-1)
+        return view_probabilities(self.network, eval_views(frames, view), view)
 
 
 @torch.inference_mode()

@@ -6,26 +6,29 @@ What it does, and why:
   linear warm-up, gradient clipping, label smoothing.
 * Class imbalance (the default data is about 2:1): ``weighted_loss`` weighs the loss by ``n / (K * n_k)``;
   ``sampler`` draws training clips with a WeightedRandomSampler so every class is seen equally often.
-* Model selection and early stopping on the *validation macro F1* (accuracy flatters the majority class); ties go
-  to the lower validation loss. The best weights are then evaluated once on the test split.
+* Views (:mod:`model.views`): each training step sees one random temporal view per clip; evaluation averages the
+  softmax of ``test_views`` fixed views, exactly as the packaged model does at prediction time.
+* Model selection and early stopping on an EMA of the *validation macro F1* (accuracy flatters the majority class;
+  the EMA keeps a lucky epoch on 15-80 validation clips from deciding), never before ``min_epochs``; ties go to the
+  lower validation loss. The best weights are then evaluated once on the test split, with confidence intervals.
 * A checkpoint after every epoch (``last.pt``, written atomically: model, optimiser, scheduler, epoch, RNG states,
   history, early-stopping state and a fingerprint of options + dataset) and the best weights (``best.pt``).
   ``resume=True`` continues an interrupted run from ``last.pt`` when the fingerprint matches, so a crash costs at
   most one epoch and the result equals an uninterrupted run. Everything is loaded with ``weights_only=True``.
 * Device ``auto``: CUDA with bf16 autocast when available, else CPU (fp32). ``torch.compile`` optional.
 * ``single_frame=True`` (ablation) wraps the network in :class:`model.predict.SingleFrame`: it sees the middle
-  frame repeated ``T`` times, so the architecture is unchanged and only the temporal information is removed.
+  position of its view repeated ``T`` times, so the architecture is unchanged and only the temporal information is
+  removed (with ``input="rgb"``: one frame, appearance only).
 
 Reported metrics per epoch (``TrainCallback.on_epoch_end``): ``train_loss`` (the training objective, with label
 smoothing and class weights, under augmentation), ``train_accuracy``, ``train_f1`` (macro, from the training
 passes), ``val_loss`` (plain cross-entropy), ``val_accuracy``, ``val_f1`` (macro), ``val_auc`` (2 classes only),
-``val_precision_<label_slug>``, ``val_recall_<label_slug>``, ``lr``, ``epoch_seconds``. No tracking library is
+``val_precision_<label_slug>``, ``val_recall_<label_slug>``, ``val_f1_smoothed`` (the selection score), ``lr``,
+``epoch_seconds``. No tracking library is
 imported here: the caller plugs one in through the callback.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -34,7 +37,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -52,78 +55,28 @@ from model.data import (
     load_dataset,
 )
 from model.metrics import classification_report, label_slug
-from model.predict import SingleFrame, preprocess
-from model.presets import PRESETS, build_model, get_config
+from model.options import TrainOptions, stable_hash
+from model.predict import SingleFrame, preprocess, view_probabilities
+from model.presets import build_model, get_config
+from model.views import ViewSpec
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
-# Options that change how a run executes but not what it computes: they may differ when resuming.
-_NOT_FINGERPRINTED = frozenset({"resume", "num_workers", "device", "compile"})
-
-
-@dataclass
-class TrainOptions:
-    """Training options; mirror ``tasks.core.config.TrainConfig`` plus the seed:
-    ``TrainOptions(**cfg.train.model_dump(), seed=cfg.seed)``."""
-
-    model: str = "vivit-fe-tiny"
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.1
-    grad_clip: float | None = 1.0
-    class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
-    augment: bool = True
-    patience: int | None = 8
-    device: str = "auto"
-    compile: bool = False
-    num_workers: int = 0
-    resume: bool = True
-    single_frame: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.model not in PRESETS:
-            raise ValueError(f"unknown model preset {self.model!r}; known presets: {', '.join(sorted(PRESETS))}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError("lr must be > 0, weight_decay and warmup_epochs >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.class_balance not in ("weighted_loss", "sampler", "none"):
-            raise ValueError(f"class_balance must be weighted_loss, sampler or none, got {self.class_balance!r}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
-        if self.num_workers < 0:
-            raise ValueError("num_workers must be >= 0")
-
-    def fingerprint(self, dataset: DatasetInfo) -> str:
-        """What decides the computation: these options (less the execution-only ones) and the dataset."""
-        opts = {k: v for k, v in asdict(self).items() if k not in _NOT_FINGERPRINTED}
-        data = dataset.fingerprint or hashlib.sha256(
-            dataset.manifest[["clip_id", "label_index", "split", "frames_path"]].to_json().encode()
-        ).hexdigest()
-        payload = {"options": opts, "dataset": data, "classes": dataset.classes, "num_frames": dataset.num_frames,
-                   "image_size": dataset.image_size, "version": CHECKPOINT_VERSION}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
 class TrainResult:
     model: nn.Module  # best weights, eval mode, on CPU
     classes: list[str]
-    num_frames: int
+    num_frames: int  # stored frames per clip (what the sampler must produce)
     image_size: int
+    view: ViewSpec
     preset: str
     history: list[dict[str, float]]  # flat per-epoch metrics, as the callback got them
     best_epoch: int
-    best_val_f1: float
+    best_val_f1: float  # raw val macro F1 at the selected epoch
+    best_val_score: float  # the smoothed val macro F1 that selected it
     val_metrics: dict[str, Any]
     test_metrics: dict[str, Any]
     stopped_early: bool
@@ -259,24 +212,25 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def evaluate(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str]) -> dict[str, Any]:
-    """The classification report for every clip of ``loader`` (no augmentation), with the plain (unweighted,
-    unsmoothed) cross-entropy as ``loss``."""
-    labels, probs, loss = _predict(forward, loader, device, classes)
+def evaluate(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str],
+             view: ViewSpec) -> dict[str, Any]:
+    """The classification report for every clip of ``loader`` (evaluation views averaged, no augmentation), with
+    the plain (unweighted, unsmoothed) cross-entropy of the averaged probabilities as ``loss``."""
+    labels, probs, loss = _predict(forward, loader, device, classes, view)
     return classification_report(labels, probs, classes, loss=loss)
 
 
 @torch.inference_mode()
-def _predict(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str]):
+def _predict(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str], view: ViewSpec):
     """``(labels (N,), probabilities (N, K), mean cross-entropy or None)`` in the loader's order."""
     forward.eval()
     probs, labels, loss_sum = [], [], 0.0
-    for frames, y in loader:
+    for views, y in loader:  # views: (B, V, frames_per_view, S, S, 3) uint8
         y = y.to(device)
         with _autocast(device):
-            logits = forward(preprocess(frames.to(device, non_blocking=True))).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        probs.append(F.softmax(logits, dim=-1).cpu())
+            p = view_probabilities(forward, views.to(device, non_blocking=True), view).float()
+        loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
+        probs.append(p.cpu())
         labels.append(y.cpu())
     n = sum(len(y) for y in labels)
     p = torch.cat(probs).numpy() if probs else np.zeros((0, len(classes)))
@@ -301,183 +255,273 @@ def prediction_table(rows: pd.DataFrame, probs: np.ndarray, classes: list[str]) 
     return table
 
 
-def _train_epoch(forward, loader, optimizer, scheduler, criterion, device, grad_clip, classes) -> dict[str, Any]:
+# -- the run: what fit() sets up once ------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """Everything :func:`fit` builds before the first epoch."""
+
+    opts: TrainOptions
+    seed: int
+    info: DatasetInfo
+    view: ViewSpec
+    device: torch.device
+    network: nn.Module  # the bare network (saved in best.pt)
+    model: nn.Module  # network, or SingleFrame(network)
+    forward: nn.Module  # model, or its torch.compile'd version
+    train_ds: ClipDataset
+    loader_kw: dict[str, Any]
+    eval_loaders: dict[str, DataLoader]
+    criterion: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    fingerprint: str
+    last_path: Path
+    best_path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.eval_loaders["val"].dataset) > 0
+
+
+@dataclass
+class TrainState:
+    """What changes from epoch to epoch (and what ``last.pt`` restores): the selection and early-stopping state.
+
+    Selection uses an exponential moving average of the validation macro F1 (``selection_smoothing``): with 15-80
+    validation clips one clip moves F1 by 1-7 points, so the raw per-epoch value picks lucky epochs. Epochs before
+    ``min_epochs`` are never selected; ties go to the lower validation loss."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_score: float = -math.inf  # smoothed val F1 at the best epoch
+    best_val_f1: float = -math.inf  # raw val F1 at the best epoch
+    best_loss: float = math.inf
+    smoothed: float | None = None
+    since_best: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch_reports: list[dict[str, Any]] = field(default_factory=list)
+
+    def observe(self, epoch: int, f1: float, loss: float, opts: TrainOptions) -> bool:
+        """Record epoch ``epoch``'s validation result; True when it becomes the best epoch."""
+        self.epoch = epoch
+        a = opts.selection_smoothing
+        self.smoothed = f1 if self.smoothed is None else a * self.smoothed + (1 - a) * f1
+        if epoch < min(opts.min_epochs, opts.epochs):
+            return False
+        score = self.smoothed
+        if score > self.best_score + 1e-12 or (abs(score - self.best_score) <= 1e-12 and loss < self.best_loss):
+            self.best_epoch, self.best_score, self.best_val_f1, self.best_loss, self.since_best = epoch, score, f1, loss, 0
+            return True
+        self.since_best += 1
+        if opts.patience is not None and self.since_best >= opts.patience:
+            self.stopped_early = True
+        return False
+
+    def keep_last(self, epoch: int) -> bool:
+        """Without a validation split every epoch is the best one: the last is kept."""
+        self.epoch, self.best_epoch, self.best_score, self.best_val_f1 = epoch, epoch, math.nan, math.nan
+        return True
+
+
+def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path) -> _Run:
+    info = load_dataset(Path(dataset_dir))
+    k = len(info.classes)
+    train_rows = info.split("train")
+    if len(train_rows) == 0:
+        raise DatasetError(f"{dataset_dir}: the train split is empty")
+    view = opts.view
+    try:
+        view.check_stored(info.num_frames)
+    except ValueError as e:
+        raise DatasetError(f"{dataset_dir}: {e}") from None
+    build = dict(num_classes=k, num_frames=view.num_frames, image_size=info.image_size, in_channels=view.channels)
+    get_config(opts.model, **build)  # fail early, with the preset's own message
+    device = resolve_device(opts.device)
+    seed_everything(seed)
+    network = build_model(opts.model, **build)
+    model = (SingleFrame(network) if opts.single_frame else network).to(device)
+
+    def dataset(rows: pd.DataFrame, training: bool) -> ClipDataset:
+        return ClipDataset(dataset_dir, rows, num_frames=info.num_frames, image_size=info.image_size, view=view,
+                           training=training, augment=training and opts.augment, crop_scale=opts.crop_scale, seed=seed)
+
+    loader_kw = dict(batch_size=opts.batch_size, num_workers=opts.num_workers, pin_memory=device.type == "cuda")
+    eval_loaders = {name: DataLoader(dataset(info.split(name), False), shuffle=False, **loader_kw)
+                    for name in ("val", "test")}
+    train_labels = np.asarray(train_rows["label_index"], dtype=np.int64)
+    weight = balanced_class_weights(train_labels, k).to(device) if opts.class_balance == "weighted_loss" else None
+
+    def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, weight=weight, label_smoothing=opts.label_smoothing)
+
+    steps_per_epoch = math.ceil(len(train_rows) / opts.batch_size)
+    optimizer = make_optimizer(param_groups(model, opts.weight_decay), lr=opts.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(opts.epochs * steps_per_epoch, round(opts.warmup_epochs * steps_per_epoch))
+    )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return _Run(opts, seed, info, view, device, network, model, torch.compile(model) if opts.compile else model,
+                dataset(train_rows, True), loader_kw, eval_loaders, criterion, optimizer, scheduler,
+                training_fingerprint(opts, seed, info), work_dir / "last.pt", work_dir / "best.pt")
+
+
+def training_fingerprint(opts: TrainOptions, seed: int, info: DatasetInfo) -> str:
+    """What decides the computation: the determining options, the seed and the dataset."""
+    data = info.fingerprint or stable_hash(info.manifest[["clip_id", "label_index", "split", "frames_path"]].to_json())
+    return stable_hash({"options": opts.determining(), "seed": seed, "dataset": data, "classes": info.classes,
+                        "num_frames": info.num_frames, "image_size": info.image_size, "version": CHECKPOINT_VERSION})
+
+
+def _restore(run: _Run) -> TrainState:
+    """The state of an interrupted identical run from ``last.pt`` (weights, optimiser, RNG too), else a new one."""
+    state = TrainState()
+    if run.opts.resume and run.last_path.is_file():
+        try:
+            ckpt = torch.load(run.last_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a torn or foreign file: start over rather than fail
+            log.warning("cannot read %s (%s): starting fresh", run.last_path, e)
+            ckpt = None
+        if ckpt is not None and ckpt.get("fingerprint") == run.fingerprint and run.best_path.is_file():
+            run.model.load_state_dict(ckpt["model"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            run.scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+            state = TrainState(**ckpt["state"])
+            log.info("resuming from %s after epoch %d", run.last_path, state.epoch)
+            return state
+        if ckpt is not None:
+            log.info("%s belongs to other options or data: starting fresh", run.last_path)
+    run.best_path.unlink(missing_ok=True)  # never let a stale best.pt from other options stand in for this run
+    return state
+
+
+def _save_best(run: _Run, state: TrainState) -> None:
+    _atomic_save({"model": _plain_state(run.network), "epoch": state.best_epoch, "val_f1": state.best_val_f1,
+                  "val_score": state.best_score, "preset": run.opts.model, "model_config": asdict(run.network.config),
+                  "classes": run.classes, "num_frames": run.info.num_frames, "image_size": run.info.image_size,
+                  "view": asdict(run.view), "single_frame": run.opts.single_frame, "fingerprint": run.fingerprint},
+                 run.best_path)
+
+
+def _save_last(run: _Run, state: TrainState) -> None:
+    _atomic_save({"version": CHECKPOINT_VERSION, "fingerprint": run.fingerprint, "model": _plain_state(run.model),
+                  "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                  "rng": rng_state(), "state": asdict(state), "options": run.opts.model_dump(mode="json")},
+                 run.last_path)
+
+
+def _train_epoch(run: _Run) -> dict[str, Any]:
+    forward, device, opts = run.forward, run.device, run.opts
     forward.train()
     loss_sum, n, preds, labels, lr = 0.0, 0, [], [], 0.0
-    for frames, y in loader:
+    g = torch.Generator().manual_seed(_epoch_seed(run.seed, run.train_ds.epoch, 1))
+    labels_all = run.train_ds.labels
+    sampler = (WeightedRandomSampler(balanced_sample_weights(labels_all, len(run.classes)), len(labels_all),
+                                     replacement=True, generator=g)
+               if opts.class_balance == "sampler" else RandomSampler(run.train_ds, generator=g))
+    for frames, y in DataLoader(run.train_ds, sampler=sampler, **run.loader_kw):
         y = y.to(device)
         with _autocast(device):
-            logits = forward(preprocess(frames.to(device, non_blocking=True))).float()
-        loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
+            logits = forward(preprocess(frames.to(device, non_blocking=True), run.view)).float()
+        loss = run.criterion(logits, y)
+        run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(forward.parameters(), grad_clip)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
+        if opts.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(forward.parameters(), opts.grad_clip)
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.optimizer.step()
+        run.scheduler.step()
         loss_sum += loss.item() * len(y)
         n += len(y)
         preds.append(logits.detach().argmax(-1).cpu())
         labels.append(y.cpu())
-    pred = torch.cat(preds).numpy()
-    onehot = np.eye(len(classes))[pred]  # a report from hard predictions: accuracy and F1 only
-    report = classification_report(torch.cat(labels).numpy(), onehot, classes, loss=loss_sum / max(n, 1))
+    onehot = np.eye(len(run.classes))[torch.cat(preds).numpy()]  # a report from hard predictions: accuracy, F1
+    report = classification_report(torch.cat(labels).numpy(), onehot, run.classes, loss=loss_sum / max(n, 1),
+                                   intervals=False)
     report["auc"] = None
     report["lr"] = lr
     return report
 
 
-# -- fit ---------------------------------------------------------------------------------------------------------
-def fit(dataset_dir: Path, options: TrainOptions, *, work_dir: Path, callback: TrainCallback | None = None) -> TrainResult:
-    """Train ``options.model`` on ``<dataset_dir>`` (split ``train``), select on ``val`` macro F1, evaluate the best
-    weights on ``test``; checkpoints under ``work_dir``. See the module docstring."""
-    opts = options
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = work_dir / "last.pt", work_dir / "best.pt"
-    info = load_dataset(Path(dataset_dir))
-    classes, k = info.classes, len(info.classes)
-    train_rows, val_rows, test_rows = info.split("train"), info.split("val"), info.split("test")
-    if len(train_rows) == 0:
-        raise DatasetError(f"{dataset_dir}: the train split is empty")
-    get_config(opts.model, num_classes=k, num_frames=info.num_frames, image_size=info.image_size)  # fail early
-    fingerprint = opts.fingerprint(info)
-    device = resolve_device(opts.device)
-    notes: list[str] = []
-
-    seed_everything(opts.seed)
-    network = build_model(opts.model, num_classes=k, num_frames=info.num_frames, image_size=info.image_size)
-    model = (SingleFrame(network) if opts.single_frame else network).to(device)
-    forward = torch.compile(model) if opts.compile else model
-
-    def dataset(rows, augment: bool) -> ClipDataset:
-        return ClipDataset(dataset_dir, rows, num_frames=info.num_frames, image_size=info.image_size,
-                           augment=augment, seed=opts.seed)
-
-    train_ds = dataset(train_rows, opts.augment)
-    loader_kw = dict(batch_size=opts.batch_size, num_workers=opts.num_workers, pin_memory=device.type == "cuda")
-    eval_loaders = {
-        name: DataLoader(dataset(rows, False), sampler=SequentialSampler(range(len(rows))), **loader_kw)
-        for name, rows in (("val", val_rows), ("test", test_rows))
-    }
-    has_val = len(val_rows) > 0
-    if not has_val:
-        notes.append("the val split is empty: no early stopping, the last epoch is kept")
-
-    train_labels = np.asarray(train_rows["label_index"], dtype=np.int64)
-    class_weight = balanced_class_weights(train_labels, k).to(device) if opts.class_balance == "weighted_loss" else None
-
-    def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, weight=class_weight, label_smoothing=opts.label_smoothing)
-
-    steps_per_epoch = math.ceil(len(train_ds) / opts.batch_size)
-    optimizer = make_optimizer(param_groups(model, opts.weight_decay), lr=opts.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(opts.epochs * steps_per_epoch, round(opts.warmup_epochs * steps_per_epoch))
-    )
-
-    history: list[dict[str, float]] = []
-    epoch_reports: list[dict[str, Any]] = []
-    start_epoch, best_epoch, best_f1, best_loss, since_best, stopped_early = 0, 0, -math.inf, math.inf, 0, False
-    if opts.resume and last_path.is_file():
-        try:
-            ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a torn or foreign file: start over rather than fail
-            log.warning("cannot read %s (%s): starting fresh", last_path, e)
-            ckpt = None
-        if ckpt is not None and ckpt.get("fingerprint") == fingerprint and best_path.is_file():
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
-            history = list(ckpt["history"])
-            epoch_reports = list(ckpt.get("epoch_reports", []))
-            start_epoch, best_epoch, best_f1, best_loss = ckpt["epoch"], ckpt["best_epoch"], ckpt["best_val_f1"], ckpt["best_val_loss"]
-            since_best, stopped_early = ckpt["since_best"], ckpt["stopped_early"]
-            log.info("resuming from %s after epoch %d", last_path, start_epoch)
-            notes.append(f"resumed after epoch {start_epoch}")
-        elif ckpt is not None:
-            log.info("%s belongs to other options or data: starting fresh", last_path)
-    resumed_from = start_epoch
-    if start_epoch == 0:
-        best_path.unlink(missing_ok=True)  # never let a stale best.pt from other options stand in for this run
-
-    for epoch in range(start_epoch + 1, opts.epochs + 1):
-        if stopped_early:
-            break
-        t0 = time.perf_counter()
-        train_ds.set_epoch(epoch)
-        g = torch.Generator().manual_seed(_epoch_seed(opts.seed, epoch, 1))
-        sampler = (
-            WeightedRandomSampler(balanced_sample_weights(train_labels, k), len(train_ds), replacement=True, generator=g)
-            if opts.class_balance == "sampler" else RandomSampler(train_ds, generator=g)
-        )
-        train_loader = DataLoader(train_ds, sampler=sampler, **loader_kw)
-        train_report = _train_epoch(forward, train_loader, optimizer, scheduler, criterion, device, opts.grad_clip, classes)
-        metrics = _flat_metrics("train", train_report, classes)
-        val_report = evaluate(forward, eval_loaders["val"], device, classes) if has_val else None
-        if val_report is not None:
-            metrics.update(_flat_metrics("val", val_report, classes))
-        metrics["lr"] = float(train_report["lr"])
-        metrics["epoch_seconds"] = time.perf_counter() - t0
-
-        if val_report is None:
-            improved = True
-            f1, vloss = math.nan, math.nan
-        else:
-            f1, vloss = val_report["f1"], val_report["loss"]
-            improved = f1 > best_f1 + 1e-12 or (abs(f1 - best_f1) <= 1e-12 and vloss < best_loss)
-        if improved:
-            best_epoch, best_f1, best_loss, since_best = epoch, f1, vloss, 0
-            _atomic_save({"model": _plain_state(network), "epoch": epoch, "val_f1": f1, "preset": opts.model,
-                          "model_config": asdict(network.config), "classes": classes,
-                          "num_frames": info.num_frames, "image_size": info.image_size,
-                          "single_frame": opts.single_frame, "fingerprint": fingerprint}, best_path)
-        else:
-            since_best += 1
-            if opts.patience is not None and since_best >= opts.patience:
-                stopped_early = True
-        history.append({"epoch": float(epoch), **metrics})
-        epoch_reports.append(_epoch_report(epoch, {"train": train_report, "val": val_report}))
-        _atomic_save({
-            "version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch,
-            "model": _plain_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(), "history": history, "epoch_reports": epoch_reports, "best_epoch": best_epoch,
-            "best_val_f1": best_f1, "best_val_loss": best_loss, "since_best": since_best, "stopped_early": stopped_early,
-            "options": asdict(opts),
-        }, last_path)
-        _call(callback, "on_epoch_end", epoch, dict(metrics))
-        if stopped_early:
-            log.info("early stop after epoch %d: val macro F1 has not improved for %d epochs", epoch, since_best)
-
-    # -- final evaluation of the best weights --------------------------------------------------------------------
-    best = torch.load(best_path, map_location="cpu", weights_only=True)
-    network.load_state_dict(best["model"])
-    val_metrics = evaluate(forward, eval_loaders["val"], device, classes) if has_val else {}
-    if len(test_rows):
-        labels, probs, loss = _predict(forward, eval_loaders["test"], device, classes)
-        test_metrics = classification_report(labels, probs, classes, loss=loss)
-        test_predictions = prediction_table(test_rows, probs, classes)
+def _epoch(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
+    """One epoch: train, validate, select, checkpoint. Returns the flat metrics the callback gets."""
+    t0 = time.perf_counter()
+    run.train_ds.set_epoch(epoch)
+    train_report = _train_epoch(run)
+    metrics = _flat_metrics("train", train_report, run.classes)
+    val_report = evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view) if run.has_val else None
+    if val_report is None:
+        improved = state.keep_last(epoch)
     else:
-        test_metrics = {"num_samples": 0, "note": "the test split is empty: no test evaluation"}
-        test_predictions = prediction_table(test_rows, np.zeros((0, k)), classes)
-        notes.append(test_metrics["note"])
-    model.cpu().eval()
-    result = TrainResult(
-        model=model, classes=list(classes), num_frames=info.num_frames, image_size=info.image_size, preset=opts.model,
-        history=history, epoch_reports=epoch_reports, best_epoch=int(best_epoch), best_val_f1=float(best_f1),
-        val_metrics=val_metrics, test_metrics=test_metrics, stopped_early=bool(stopped_early),
-        checkpoint_path=best_path, test_predictions=test_predictions, single_frame=opts.single_frame,
-        resumed_from_epoch=int(resumed_from), notes=notes,
-    )
+        metrics.update(_flat_metrics("val", val_report, run.classes))
+        improved = state.observe(epoch, val_report["f1"], val_report["loss"], run.opts)
+        metrics["val_f1_smoothed"] = float(state.smoothed)
+    metrics["lr"] = float(train_report["lr"])
+    metrics["epoch_seconds"] = time.perf_counter() - t0
+    if improved:
+        _save_best(run, state)
+    state.history.append({"epoch": float(epoch), **metrics})
+    state.epoch_reports.append(_epoch_report(epoch, {"train": train_report, "val": val_report}))
+    _save_last(run, state)
+    return metrics
+
+
+# -- fit ---------------------------------------------------------------------------------------------------------
+def fit(dataset_dir: Path, options: TrainOptions, *, seed: int = 0, work_dir: Path,
+        callback: TrainCallback | None = None) -> TrainResult:
+    """Train ``options.model`` on ``<dataset_dir>`` (split ``train``), select on the smoothed ``val`` macro F1,
+    evaluate the best weights on ``test``; checkpoints under ``work_dir``. See the module docstring."""
+    run = _setup(Path(dataset_dir), options, seed, Path(work_dir))
+    state = _restore(run)
+    resumed_from = state.epoch
+    notes = [f"resumed after epoch {resumed_from}"] if resumed_from else []
+    if not run.has_val:
+        notes.append("the val split is empty: no early stopping, the last epoch is kept")
+    for epoch in range(state.epoch + 1, options.epochs + 1):
+        if state.stopped_early:
+            break
+        metrics = _epoch(run, state, epoch)
+        _call(callback, "on_epoch_end", epoch, dict(metrics))
+        if state.stopped_early:
+            log.info("early stop after epoch %d: the smoothed val macro F1 has not improved for %d epochs",
+                     epoch, state.since_best)
+    result = _final_evaluation(run, state, notes, resumed_from)
     _call(callback, "on_train_end", result)
     return result
 
 
+def _final_evaluation(run: _Run, state: TrainState, notes: list[str], resumed_from: int) -> TrainResult:
+    """Load ``best.pt`` and evaluate it once on val and test."""
+    best = torch.load(run.best_path, map_location="cpu", weights_only=True)
+    run.network.load_state_dict(best["model"])
+    val_metrics = evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view) if run.has_val else {}
+    test_rows = run.info.split("test")
+    if len(test_rows):
+        labels, probs, loss = _predict(run.forward, run.eval_loaders["test"], run.device, run.classes, run.view)
+        test_metrics = classification_report(labels, probs, run.classes, loss=loss)
+    else:
+        probs = np.zeros((0, len(run.classes)))
+        test_metrics = {"num_samples": 0, "note": "the test split is empty: no test evaluation"}
+        notes.append(test_metrics["note"])
+    run.model.cpu().eval()
+    return TrainResult(
+        model=run.model, classes=list(run.classes), num_frames=run.info.num_frames, image_size=run.info.image_size,
+        view=run.view, preset=run.opts.model, history=state.history, epoch_reports=state.epoch_reports,
+        best_epoch=int(state.best_epoch), best_val_f1=float(state.best_val_f1), best_val_score=float(state.best_score),
+        val_metrics=val_metrics, test_metrics=test_metrics, stopped_early=bool(state.stopped_early),
+        checkpoint_path=run.best_path, test_predictions=prediction_table(test_rows, probs, run.classes),
+        single_frame=run.opts.single_frame, resumed_from_epoch=int(resumed_from), notes=notes,
+    )
+
+
 def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network stored in a ``best.pt`` (eval mode, CPU) and return it with the checkpoint's metadata
-    (classes, num_frames, image_size, preset, single_frame)."""
+    (classes, num_frames, image_size, view, preset, single_frame)."""
     from model.frame_mlp import FrameMLP
     from model.vivit import ViViT
 
@@ -488,7 +532,9 @@ def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     network.load_state_dict(ckpt["model"])
     model = SingleFrame(network) if ckpt.get("single_frame") else network
     meta = {k: ckpt[k] for k in ("classes", "num_frames", "image_size", "preset", "single_frame", "epoch", "val_f1")}
+    meta["view"] = ViewSpec(**ckpt["view"])
     return model.eval(), meta
 
 
-__all__ = ["TrainOptions", "TrainResult", "TrainCallback", "fit", "evaluate", "prediction_table", "load_best"]
+__all__ = ["TrainOptions", "TrainResult", "TrainCallback", "TrainState", "fit", "evaluate", "prediction_table",
+           "load_best", "training_fingerprint"]

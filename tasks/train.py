@@ -3,7 +3,6 @@ MLflow, register the model and move the aliases. No retries here: a failed train
 flaky IO to try again."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from model.options import stable_hash
 from tasks import tracking
 from tasks.core import plots
 from tasks.core.config import PipelineConfig
@@ -43,12 +43,8 @@ def read_dataset_info(dataset_dir: Path) -> dict[str, Any]:
 def train_key(config: PipelineConfig, dataset_info: dict[str, Any]) -> str:
     """What determines the trained model: the dataset's content fingerprint, the training options and the seed.
     The same key means training again would reproduce the registered model."""
-    payload = {
-        "dataset": dataset_info.get("fingerprint"),
-        "train": config.train.model_dump(mode="json", exclude={"resume", "num_workers", "device"}),
-        "seed": config.seed,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return stable_hash({"dataset": dataset_info.get("fingerprint"), "train": config.train.determining(),
+                        "seed": config.seed})
 
 
 @task(name="find-reusable-run")
@@ -62,6 +58,24 @@ def find_reusable_run(config: PipelineConfig, key: str) -> dict[str, Any] | None
     return {"run_id": found["run_id"], "metrics": found["metrics"], "reused": True, "tracking_uri": uri,
             "registry": {"name": name, "version": found["version"], "decision": "reused",
                          "aliases": tracking.aliases(name)}}
+
+
+def summary_message(config: PipelineConfig, res: dict[str, Any]) -> str:
+    """One line for the CLI and the pipeline table: the scores with their 95% intervals (a val split of a few
+    dozen clips moves accuracy by several points per clip, so a bare number overstates what is known)."""
+    m = res["metrics"]
+
+    def score(name: str, key: str, ci: str) -> str | None:
+        if key not in m:
+            return None
+        low, high = m.get(f"{ci}_ci_low"), m.get(f"{ci}_ci_high")
+        return f"{name}={m[key]:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else "")
+
+    parts = [score("val_f1", "best_val_f1", "best_val_f1"), score("test_accuracy", "test_accuracy", "test_accuracy"),
+             score("test_f1", "test_f1", "test_f1")]
+    reg = res["registry"]
+    return (f"{'reused' if res['reused'] else 'trained'} {config.train.model}: " + ", ".join(p for p in parts if p)
+            + f"; {reg['name']} v{reg['version']} aliases={reg['aliases']}")
 
 
 class _PrefectProgress:
@@ -107,11 +121,11 @@ def _misclassified_rows(predictions: Any, limit: int = 50) -> list[dict[str, Any
 def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key: str) -> dict[str, Any]:
     from model.predict import VideoClassifier
     from model.presets import describe
-    from model.training import TrainOptions, fit
+    from model.training import fit
 
     logger = get_run_logger()
     uri = tracking.use_store(config.mlflow)
-    options = TrainOptions(**config.train.model_dump(), seed=config.seed)
+    options = config.train
     work_dir = config.data_dir / "runs" / key
     tags = {
         "train_key": key,
@@ -124,7 +138,8 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
     num_frames, size = int(dataset_info["num_frames"]), int(dataset_info["size"])
     started = time.time()
     with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}", tags) as run_id:
-        cost = describe(config.train.model, num_frames=num_frames, image_size=size)
+        view = options.view
+        cost = describe(config.train.model, num_frames=view.num_frames, image_size=size, in_channels=view.channels)
         tracking.log_params(
             {
                 "config": config.model_dump(mode="json", exclude={"mlflow"}),
@@ -134,21 +149,24 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
                 "dataset_fingerprint": dataset_info.get("fingerprint"),
                 "classes": classes,
                 "sampling": {"num_frames": num_frames, "size": size, "method": dataset_info.get("sampling")},
+                "view": {"num_frames": view.num_frames, "input": view.input, "test_views": view.test_views},
                 "split_counts": dataset_info.get("split_counts"),
             }
         )
         tracking.log_dataset(config.dataset_dir / "manifest.parquet", str(dataset_info.get("fingerprint")), "kinetics-frames")
         callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(options.epochs))
-        result = fit(config.dataset_dir, options, work_dir=work_dir, callback=callback)
+        result = fit(config.dataset_dir, options, seed=config.seed, work_dir=work_dir, callback=callback)
 
         test = result.test_metrics or {}
-        final = {"best_val_f1": result.best_val_f1, "best_epoch": result.best_epoch}
-        for k in ("accuracy", "f1", "loss", "auc"):
-            if test.get(k) is not None:
-                final[f"test_{k}"] = test[k]
-        for k in ("accuracy", "f1", "loss", "auc"):
-            if (result.val_metrics or {}).get(k) is not None:
-                final[f"best_val_{k}" if k != "f1" else "best_val_f1"] = result.val_metrics[k]
+        final = {"best_val_f1": result.best_val_f1, "best_val_score": result.best_val_score,
+                 "best_epoch": result.best_epoch}
+        for prefix, report in (("test", test), ("best_val", result.val_metrics or {})):
+            for k in ("accuracy", "f1", "loss", "auc"):
+                if report.get(k) is not None:
+                    final[f"{prefix}_{k}"] = report[k]
+            for k in ("accuracy_ci", "f1_ci"):
+                if report.get(k) is not None:
+                    final[f"{prefix}_{k[:-3]}_ci_low"], final[f"{prefix}_{k[:-3]}_ci_high"] = report[k]
         final["train_seconds"] = time.time() - started
         tracking.log_metrics(final)
 
@@ -166,10 +184,13 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
         tracking.log_dict(report, "report/classification_report.json")
 
         metadata = {"classes": classes, "num_frames": num_frames, "image_size": size, "preset": config.train.model,
-                    "sampling": dataset_info.get("sampling", "uniform segment centres"), "train_key": key}
-        classifier = VideoClassifier(result.model, classes=classes, num_frames=num_frames, image_size=size)
+                    "sampling": dataset_info.get("sampling", "uniform segment centres"), "train_key": key,
+                    "view": {"num_frames": view.num_frames, "input": view.input, "test_views": view.test_views}}
+        classifier = VideoClassifier(result.model, classes=classes, num_frames=num_frames, image_size=size, view=view)
         model_uri = tracking.log_classifier(classifier, metadata=metadata)
-        reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, float(result.best_val_f1))
+        # the champion is decided on the smoothed selection score, not on one lucky epoch's raw val F1
+        reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, float(result.best_val_score),
+                                            metric="best_val_score")
         logger.info("registered %s v%d (%s)", reg.name, reg.version, reg.decision)
 
     rows = [{"metric": k, "value": round(float(v), 4)} for k, v in final.items()]

@@ -51,7 +51,7 @@ def test_describe_matches_the_built_model(name):
 
 def test_default_preset_is_factorised_encoder():
     cfg = PRESETS[DEFAULT_PRESET]
-    assert DEFAULT_PRESET == "vivit-fe-tiny" and cfg.variant == "factorised_encoder"
+    assert DEFAULT_PRESET == "vivit-fe-conv-tiny" and cfg.variant == "factorised_encoder" and cfg.stem == "conv"
     assert {"frame-mlp", "vivit-fe-tiny", "vivit-fe-small", "vivit-joint-tiny", "vivit-fsa-tiny"} <= set(PRESETS)
 
 
@@ -222,11 +222,9 @@ def test_model_package_stands_alone():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_default_preset_starts_half_its_tubelet_filters_as_temporal_differences():
+def test_motion_init_starts_half_the_tubelet_filters_as_temporal_differences():
     """Static appearance cancels in those filters (they sum to zero over time); the other half is untouched."""
-    from model.presets import DEFAULT_PRESET, build_model
-
-    m = build_model(DEFAULT_PRESET, num_classes=2, num_frames=8, image_size=32)
+    m = build_model("vivit-fe-tiny", num_classes=2, num_frames=8, image_size=32)
     w = m.patch_embed.proj.weight  # (D, C, t, p, p)
     half = w.shape[0] // 2
     assert torch.allclose(w[:half].sum(dim=2), torch.zeros_like(w[:half].sum(dim=2)), atol=1e-6)
@@ -277,3 +275,96 @@ def test_transformer_keep_returns_the_first_tokens_of_the_full_pass():
     no_bias = Transformer(32, depth=1, heads=4, qkv_bias=False).eval()
     with torch.no_grad():
         torch.testing.assert_close(no_bias(x, keep=1), no_bias(x)[:, :1], rtol=1e-5, atol=1e-6)
+
+
+def test_conv_stem_gives_the_tubelet_grid_and_checks_its_strides():
+    cfg = ViViTConfig(num_classes=2, num_frames=8, image_size=32, patch_size=8, tubelet_size=2, dim=32, heads=2,
+                      stem="conv", stem_width=8)
+    m = ViViT.from_config(cfg)
+    tokens = m.patch_embed(torch.randn(2, 8, 3, 32, 32))
+    assert tokens.shape == (2, 4, 16, 32)  # (B, T/t, (H/p)^2, D), as the linear tubelet embedding gives
+    lin = ViViT.from_config(ViViTConfig(**{**cfg.__dict__, "stem": "linear"}))
+    assert lin.patch_embed(torch.randn(2, 8, 3, 32, 32)).shape == tokens.shape
+    with pytest.raises(ValueError, match="power of 2"):
+        ViViTConfig(num_classes=2, num_frames=6, image_size=24, patch_size=8, tubelet_size=3, stem="conv")
+    with pytest.raises(ValueError, match="only the linear tubelet embedding"):
+        m.load_patch_embedding(torch.randn(32, 3, 8, 8))
+
+
+def test_views_train_draws_inside_segments_eval_views_cover_the_clip():
+    from model.views import ViewSpec, eval_views, segment_positions, view_indices
+
+    assert segment_positions(32, 4).tolist() == [4, 12, 20, 28]  # one view: the segment centres
+    assert segment_positions(32, 4, view=0, num_views=2).tolist() == [2, 10, 18, 26]
+    assert segment_positions(32, 4, view=1, num_views=2).tolist() == [6, 14, 22, 30]
+    rng = np.random.default_rng(0)
+    draws = np.stack([segment_positions(32, 4, rng=rng) for _ in range(200)])
+    for i in range(4):  # every draw stays in its own segment, and the draws vary
+        assert draws[:, i].min() >= 8 * i and draws[:, i].max() < 8 * (i + 1) and len(set(draws[:, i])) > 4
+    spec = ViewSpec(num_frames=4, input="diff", test_views=2)
+    idx = view_indices(9, spec)
+    assert len(idx) == spec.frames_per_view == 8 and (idx[1::2] == idx[0::2] + 1).all() and idx.max() <= 8
+    clip = np.arange(9).reshape(9, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+    views = eval_views(clip, spec)
+    assert views.shape == (2, 8, 2, 2, 3)
+    assert sorted(set(views[:, 0::2, 0, 0, 0].ravel().tolist())) == list(range(8))  # together: every pair start
+    with pytest.raises(ValueError, match="at least 5"):
+        view_indices(4, spec)
+
+
+def test_preprocess_turns_a_view_into_the_inputs_form():
+    from model.views import DIFF_SCALE, ViewSpec
+
+    frames = np.zeros((1, 4, 8, 8, 3), np.uint8)
+    frames[0, 1] = 51  # pair 0: 0 -> 51; pair 1: 0 -> 0
+    diff = preprocess(frames, ViewSpec(num_frames=2, input="diff"))
+    assert diff.shape == (1, 2, 3, 8, 8)
+    torch.testing.assert_close(diff[0, 0], torch.full((3, 8, 8), 0.2 / DIFF_SCALE))
+    assert (diff[0, 1] == 0).all()
+    both = preprocess(frames, ViewSpec(num_frames=2, input="rgb_diff"))
+    assert both.shape == (1, 2, 6, 8, 8)
+    torch.testing.assert_close(both[:, :, 3:], diff)
+    torch.testing.assert_close(both[:, :, :3], preprocess(frames[:, 0::2]))
+    with pytest.raises(ValueError, match="4 frames"):
+        preprocess(frames[:, :3], ViewSpec(num_frames=2, input="diff"))
+
+
+def test_video_classifier_averages_its_views():
+    from model.predict import view_probabilities
+    from model.views import ViewSpec, eval_views
+
+    spec = ViewSpec(num_frames=4, input="diff", test_views=3)
+    net = build_model(DEFAULT_PRESET, num_classes=2, num_frames=4, image_size=32).eval()
+    clf = VideoClassifier(net, classes=["a", "b"], num_frames=12, image_size=32, view=spec)
+    frames = torch.randint(0, 256, (2, 12, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        p = clf(frames)
+        each = [F.softmax(net(preprocess(eval_views(frames, spec)[:, v], spec)), -1) for v in range(3)]
+        torch.testing.assert_close(p, sum(each) / 3)
+        torch.testing.assert_close(view_probabilities(net, eval_views(frames, spec), spec), p)
+    with pytest.raises(ValueError, match="needs at least"):
+        VideoClassifier(net, classes=["a", "b"], num_frames=4, image_size=32, view=spec)
+
+
+def test_clip_dataset_random_views_in_training_fixed_views_in_evaluation(tmp_path):
+    import pandas as pd
+
+    from model.views import ViewSpec
+
+    root = noise_dataset(tmp_path, counts={"train": [1, 1]}, num_frames=9, size=16)
+    rows = pd.read_parquet(root / "manifest.parquet")
+    spec = ViewSpec(num_frames=4, input="diff", test_views=2)
+    kw = dict(num_frames=9, image_size=16, view=spec, seed=0)
+    train = ClipDataset(root, rows, training=True, **kw)
+    seen = set()
+    for epoch in range(6):
+        train.set_epoch(epoch)
+        clip, _ = train[0]
+        assert clip.shape == (8, 16, 16, 3)
+        seen.add(clip.numpy().tobytes())
+    assert len(seen) > 1  # a different temporal view across epochs
+    evaluation = ClipDataset(root, rows, training=False, **kw)
+    views, _ = evaluation[0]
+    assert views.shape == (2, 8, 16, 16, 3)
+    evaluation.set_epoch(3)
+    assert torch.equal(evaluation[0][0], views)  # fixed

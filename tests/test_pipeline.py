@@ -29,8 +29,8 @@ def _config(tmp_path, demo_source, **train) -> PipelineConfig:
         "annotations": [str(csv)],
         "url_template": f"file://{src}/videos/{{youtube_id}}.mp4",
         "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
-        "frames": {"num_frames": 4, "size": 32},
-        "train": {"model": "vivit-fe-tiny", "epochs": 2, "batch_size": 4, "patience": None, **train},
+        "frames": {"num_frames": 5, "size": 32},
+        "train": {"view_frames": 4, "epochs": 2, "batch_size": 4, "patience": None, "min_epochs": 0, **train},
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "e2e", "model_name": "e2e"},
     })
 
@@ -57,12 +57,15 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     train = first[-1]["result"]
     client = MlflowClient(cfg.mlflow.tracking_uri)
     run = client.get_run(train["run_id"])
-    assert run.data.params["preset"] == "vivit-fe-tiny"
+    assert run.data.params["preset"] == "vivit-fe-conv-tiny" and run.data.params["view.input"] == "diff"
     assert run.data.params["dataset_fingerprint"]
     assert run.data.tags["prefect.flow_run_id"]
     for metric in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
         assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric
-    assert {"test_accuracy", "test_f1", "best_val_f1"} <= set(run.data.metrics)
+    assert {"test_accuracy", "test_f1", "best_val_f1", "best_val_score", "val_f1_smoothed", "test_accuracy_ci_low",
+            "test_accuracy_ci_high", "test_f1_ci_low", "test_f1_ci_high", "best_val_accuracy_ci_low"} <= set(run.data.metrics)
+    m = run.data.metrics
+    assert m["test_accuracy_ci_low"] <= m["test_accuracy"] <= m["test_accuracy_ci_high"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= arts
     assert run.inputs.dataset_inputs, "the manifest is logged as an MLflow dataset input"

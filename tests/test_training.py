@@ -3,7 +3,6 @@ uninterrupted run, class balancing, empty splits, the callback contract, and tem
 frame order, the same model fed one frame cannot)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 
@@ -15,7 +14,8 @@ from torch.utils.data import WeightedRandomSampler
 from model.data import balanced_class_weights, balanced_sample_weights, load_dataset
 from model.predict import SingleFrame, VideoClassifier, predict_proba
 from model.training import TrainOptions, TrainResult, fit, load_best
-from tasks.core.config import TrainConfig
+from model.views import ViewSpec
+from tasks.core.config import PipelineConfig
 from tests.support.tiny_dataset import noise_dataset, temporal_order_dataset
 
 
@@ -31,7 +31,10 @@ def small_ds(tmp_path_factory):
 
 
 def opts(**kw) -> TrainOptions:
-    base = dict(epochs=4, batch_size=4, lr=1e-3, warmup_epochs=1.0, patience=None)
+    """Small-data options: the linear-embedding preset on RGB (these datasets' classes differ in brightness, which
+    frame differences cannot see), one view of every stored frame, raw val F1 selection from the first epoch."""
+    base = dict(model="vivit-fe-tiny", input="rgb", view_frames=4, test_views=1, selection_smoothing=0.0,
+                min_epochs=0, epochs=4, batch_size=4, lr=1e-3, warmup_epochs=1.0, patience=None)
     return TrainOptions(**(base | kw))
 
 
@@ -58,16 +61,20 @@ def _without_time(history):
     return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
 
 
-def test_options_mirror_the_config():
-    cfg = TrainConfig()
-    options = TrainOptions(**cfg.model_dump(), seed=3)
-    names = [f.name for f in dataclasses.fields(TrainOptions)]
-    assert names == list(TrainConfig.model_fields) + ["seed"]
-    assert all(getattr(options, k) == v for k, v in cfg.model_dump().items())
-    with pytest.raises(ValueError, match="known presets"):
-        TrainOptions(model="nope")
+def test_the_config_section_is_the_training_options():
+    """One definition: the YAML's ``train:`` section is :class:`TrainOptions` itself, and the options that only
+    change how a run executes are left out of what determines it."""
+    from model.options import EXECUTION_ONLY
+
+    cfg = PipelineConfig()
+    assert type(cfg.train) is TrainOptions
+    assert set(cfg.train.determining()) == set(TrainOptions.model_fields) - EXECUTION_ONLY
+    with pytest.raises(ValueError, match="did you mean"):
+        TrainOptions(model="vivit-fe-tny")
     with pytest.raises(ValueError):
         TrainOptions(class_balance="oversample")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="view_frames"):
+        PipelineConfig.model_validate({"frames": {"num_frames": 16}, "train": {"view_frames": 16, "input": "diff"}})
 
 
 def test_resume_after_crash_equals_uninterrupted_run(small_ds, tmp_path):
@@ -79,7 +86,7 @@ def test_resume_after_crash_equals_uninterrupted_run(small_ds, tmp_path):
         fit(small_ds, opts(), work_dir=tmp_path / "resumed", callback=crash_cb)
     assert (tmp_path / "resumed" / "last.pt").is_file()
     ckpt = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng", "history", "fingerprint"} <= set(ckpt)
+    assert ckpt["state"]["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng", "state", "fingerprint"} <= set(ckpt)
 
     resumed_cb = Recorder()
     resumed = fit(small_ds, opts(), work_dir=tmp_path / "resumed", callback=resumed_cb)
@@ -203,7 +210,7 @@ def test_temporal_sensitivity(tmp_path):
     same distribution in both classes). The default ViViT preset learns it; the same model fed the middle frame
     only stays at chance."""
     root = temporal_order_dataset(tmp_path / "ds", per_class={"train": 40, "val": 40, "test": 8}, num_frames=8, size=32)
-    common = dict(epochs=8, batch_size=16, lr=1e-3, warmup_epochs=1.0, augment=False, patience=None)
+    common = dict(epochs=8, batch_size=16, lr=1e-3, warmup_epochs=1.0, augment=False, patience=None, view_frames=8)
     video = fit(root, opts(**common), work_dir=tmp_path / "video")
     frame = fit(root, opts(**common, single_frame=True), work_dir=tmp_path / "frame")
     assert isinstance(frame.model, SingleFrame)
@@ -233,8 +240,9 @@ def test_compile_option_trains_and_reports_what_the_plain_network_computes(tmp_p
     net, _ = load_best(result.checkpoint_path)
     assert not hasattr(net, "_orig_mod")
     info = load_dataset(root)
-    val = ClipDataset(root, info.split("val"), num_frames=4, image_size=32, augment=False, seed=0)
-    eager = evaluate(net, DataLoader(val, batch_size=4), torch.device("cpu"), info.classes)
+    view = ViewSpec(num_frames=4, input="rgb", test_views=1)
+    val = ClipDataset(root, info.split("val"), num_frames=4, image_size=32, view=view, seed=0)
+    eager = evaluate(net, DataLoader(val, batch_size=4), torch.device("cpu"), info.classes, view)
     assert eager["loss"] == pytest.approx(result.val_metrics["loss"], rel=1e-4)
     assert eager["accuracy"] == result.val_metrics["accuracy"]
 
@@ -251,3 +259,38 @@ def test_three_classes_softmax_report_without_binary_extras(tmp_path):
     pred = result.test_predictions
     assert "p_positive" not in pred.columns and len(pred) == 4
     np.testing.assert_allclose(pred[["p_class 0", "p_class 1", "p_class 2"]].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_default_recipe_learns_motion_from_frame_differences(tmp_path):
+    """The default preset and input (conv stem, frame differences, random temporal views, two test views) learn
+    the direction of motion, which no single frame shows."""
+    root = temporal_order_dataset(tmp_path / "ds", per_class={"train": 32, "val": 24, "test": 8}, num_frames=9, size=32)
+    defaults = TrainOptions()
+    assert (defaults.model, defaults.input) == ("vivit-fe-conv-tiny", "diff")
+    result = fit(root, TrainOptions(view_frames=8, epochs=6, batch_size=16, lr=1e-3, warmup_epochs=1.0,
+                                    augment=False, min_epochs=2), work_dir=tmp_path / "w")
+    assert result.view == ViewSpec(num_frames=8, input="diff", test_views=2)
+    assert result.val_metrics["accuracy"] >= 0.9, result.history
+    lo, hi = result.val_metrics["accuracy_ci"]
+    assert lo <= result.val_metrics["accuracy"] <= hi and hi - lo < 0.3
+    net, meta = load_best(result.checkpoint_path)
+    assert meta["view"] == result.view
+
+
+def test_selection_smooths_the_val_score_and_waits_for_min_epochs():
+    from model.training import TrainState
+
+    o = TrainOptions(selection_smoothing=0.5, min_epochs=3, patience=2, epochs=20)
+    s = TrainState()
+    # epoch 1 is a lucky spike before min_epochs: never selected
+    assert [s.observe(e, f1, 1.0, o) for e, f1 in [(1, 0.9), (2, 0.5)]] == [False, False]
+    assert s.observe(3, 0.6, 1.0, o) and s.best_epoch == 3  # 0.5*0.7 + 0.5*0.6
+    assert s.best_score == pytest.approx(0.65) and s.best_val_f1 == 0.6
+    # one lucky epoch moves the smoothed score only half-way; two worse ones in a row stop training (patience 2)
+    assert s.observe(4, 0.9, 1.0, o) and s.best_score == pytest.approx(0.775)
+    assert not s.observe(5, 0.5, 1.0, o) and not s.stopped_early
+    assert not s.observe(6, 0.5, 1.0, o) and s.stopped_early
+    # ties go to the lower loss
+    t = TrainState()
+    o0 = TrainOptions(selection_smoothing=0.0, min_epochs=0)
+    assert t.observe(1, 0.7, 0.6, o0) and not t.observe(2, 0.7, 0.6, o0) and t.observe(3, 0.7, 0.5, o0)

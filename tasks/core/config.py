@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from model.options import TrainOptions, stable_hash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CLASSES = ["dribbling basketball", "dunking basketball"]
@@ -79,34 +80,14 @@ class SplitFractions(_Strict):
 
 
 class FramesConfig(_Strict):
-    num_frames: int = Field(16, ge=1, le=512, description="frames per clip: centre of each of N equal segments")
-    size: int = Field(128, ge=16, le=1024, description="square side: short-side resize, then centre crop")
+    num_frames: int = Field(32, ge=1, le=512, description="frames stored per clip: centre of each of N equal segments "
+                            "(training draws its views from them)")
+    size: int = Field(64, ge=16, le=1024, description="square side: short-side resize, then centre crop")
     split: SplitFractions = Field(default_factory=SplitFractions, description="train/val/test fractions (random mode)")
     split_mode: Literal["random", "official"] = Field(
         "random", description="random: stratified by class, seeded; official: the CSV's own split column"
     )
     workers: int = Field(2, ge=1, le=64, description="clips sampled at once")
-
-
-class TrainConfig(_Strict):
-    model: str = Field("vivit-fe-tiny", description="preset name, see README")
-    epochs: int = Field(30, ge=1, description="maximum epochs (early stopping may end sooner)")
-    batch_size: int = Field(8, ge=1, description="clips per optimiser step")
-    lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (cosine decay after warm-up)")
-    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
-    warmup_epochs: float = Field(2.0, ge=0, description="linear warm-up length in epochs")
-    label_smoothing: float = Field(0.1, ge=0, lt=1, description="cross-entropy label smoothing")
-    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
-    class_balance: Literal["weighted_loss", "sampler", "none"] = Field(
-        "weighted_loss", description="class-imbalance handling: inverse-frequency loss weights or balanced sampling"
-    )
-    augment: bool = Field(True, description="random resized crop + flip, identical for every frame of a clip")
-    patience: int | None = Field(8, ge=1, description="early stopping on val macro F1; null disables")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
-    compile: bool = Field(False, description="torch.compile the network")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
-    single_frame: bool = Field(False, description="ablation: feed only the middle frame")
 
 
 class MlflowConfig(_Strict):
@@ -130,8 +111,16 @@ class PipelineConfig(_Strict):
     seed: int = Field(0, description="splits, initialisation, shuffling, augmentation")
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     frames: FramesConfig = Field(default_factory=FramesConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainOptions = Field(default_factory=TrainOptions)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @model_validator(mode="after")
+    def _views_fit_the_frames(self) -> "PipelineConfig":
+        try:
+            self.train.view.check_stored(self.frames.num_frames)
+        except ValueError as e:
+            raise ValueError(f"frames.num_frames / train.view_frames: {e}") from None
+        return self
 
     @field_validator("annotations", mode="before")
     @classmethod
@@ -264,6 +253,4 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def config_fingerprint(model: BaseModel) -> str:
     """Stable hash of a config section, for cache keys and run names."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(model.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    return stable_hash(model.model_dump(mode="json"))

@@ -38,6 +38,8 @@ import av
 import av.video.reformatter
 import numpy as np
 
+from model.options import stable_hash
+
 from .paths import atomic_path
 
 SAMPLING_METHOD = (
@@ -455,5 +457,4 @@ def dataset_fingerprint(manifest_rows: list[dict], params: dict, classes: list[s
     pixel digest, split and label) and the sampling parameters. Row order does not matter."""
     keys = ["clip_id", "label", "label_index", "split", "frames_path", "num_frames", "frames_sha256"]
     rows = sorted((tuple(str(r.get(k, "")) for k in keys) for r in manifest_rows))
-    payload = json.dumps({"params": params, "classes": list(classes), "rows": rows}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return stable_hash({"params": params, "classes": list(classes), "rows": rows})

@@ -1,0 +1,78 @@
+"""Training options: one Pydantic model that is both the ``train:`` section of the pipeline's YAML config (and so
+the Prefect parameter form) and what :func:`model.training.fit` takes. Defined once, here, because ``model/`` must
+stand alone (MLflow ships it as the logged model's code) while ``tasks/`` may import it.
+
+Defaults are the recipe measured on real clips (README, "Quality on real video"): the conv-stem factorised
+encoder on frame differences, random temporal views in training and two averaged views at evaluation, model
+selection on a smoothed validation score.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from model.presets import DEFAULT_PRESET, PRESETS
+from model.views import ViewSpec
+
+# Options that change how a run executes but not what it computes: they may differ when resuming, and they are not
+# part of the training key.
+EXECUTION_ONLY = frozenset({"resume", "num_workers", "device", "compile"})
+
+
+def stable_hash(payload: Any, length: int = 16) -> str:
+    """sha256 of canonical JSON: the one fingerprint helper (cache keys, training keys, dataset fingerprints)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+class TrainOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str = Field(DEFAULT_PRESET, description="preset name (`vivit presets` lists them)")
+    input: Literal["rgb", "diff", "rgb_diff"] = Field(
+        "diff", description="network input per position: the frame, its difference to the next stored frame, or both"
+    )
+    view_frames: int = Field(16, ge=1, description="positions per view (the network's T); <= frames.num_frames (-1 for diff)")
+    test_views: int = Field(2, ge=1, le=16, description="views averaged at evaluation and prediction")
+    epochs: int = Field(60, ge=1, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(8, ge=1, description="clips per optimiser step")
+    lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (cosine decay after warm-up)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
+    warmup_epochs: float = Field(2.0, ge=0, description="linear warm-up length in epochs")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="cross-entropy label smoothing")
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
+    class_balance: Literal["weighted_loss", "sampler", "none"] = Field(
+        "weighted_loss", description="class-imbalance handling: inverse-frequency loss weights or balanced sampling"
+    )
+    augment: bool = Field(True, description="random resized crop + flip, identical for every frame of a clip")
+    crop_scale: float = Field(0.8, gt=0, le=1, description="smallest area fraction of the random resized crop")
+    selection_smoothing: float = Field(
+        0.6, ge=0, lt=1, description="EMA factor of the val macro F1 that selects the best epoch (0 = raw F1)"
+    )
+    min_epochs: int = Field(10, ge=0, description="epochs before a checkpoint can be selected or training stop early")
+    patience: int | None = Field(20, ge=1, description="early stopping on the smoothed val score; null disables")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    compile: bool = Field(False, description="torch.compile the network")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
+    single_frame: bool = Field(False, description="ablation: feed only the middle position of each view")
+
+    @field_validator("model")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESETS:
+            close = difflib.get_close_matches(v, list(PRESETS), n=3)
+            hint = f"did you mean {close}? " if close else ""
+            raise ValueError(f"unknown model preset {v!r}; {hint}known presets: {', '.join(sorted(PRESETS))}")
+        return v
+
+    @property
+    def view(self) -> ViewSpec:
+        return ViewSpec(num_frames=self.view_frames, input=self.input, test_views=self.test_views)
+
+    def determining(self) -> dict[str, Any]:
+        """The options that decide what training computes (everything but :data:`EXECUTION_ONLY`)."""
+        return self.model_dump(mode="json", exclude=set(EXECUTION_ONLY))
