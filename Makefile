@@ -19,7 +19,7 @@ help:
 	@echo "make run   - set up .venv and run the whole pipeline on the offline demo dataset"
 	@echo "make test  - set up .venv and run the test suite"
 	@echo "make bench - run benchmarks/ (sampling, training)"
-	@echo "make quality - default preset vs frame-mlp vs single frame on the demo dataset (after make run)"
+	@echo "make quality - real-video benchmark: default recipe vs frame-mlp vs single frame vs motion reference, 3 seeds"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,8 +47,8 @@ bench: setup
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/training.py
 
-quality: setup
-	$(BIN)/python benchmarks/quality.py
+quality: setup  # QUALITY_ARGS="--config my.yaml --seeds 0" for another job
+	$(BIN)/python benchmarks/quality.py $(QUALITY_ARGS)
 
 clean:
 	rm -rf data .prefect mlruns .mlflow .pytest_cache

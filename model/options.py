@@ -37,7 +37,7 @@ class TrainOptions(BaseModel):
     )
     view_frames: int = Field(16, ge=1, description="positions per view (the network's T); <= frames.num_frames (-1 for diff)")
     test_views: int = Field(2, ge=1, le=16, description="views averaged at evaluation and prediction")
-    epochs: int = Field(60, ge=1, description="maximum epochs (early stopping may end sooner)")
+    epochs: int = Field(80, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(8, ge=1, description="clips per optimiser step")
     lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (cosine decay after warm-up)")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
@@ -50,9 +50,9 @@ class TrainOptions(BaseModel):
     augment: bool = Field(True, description="random resized crop + flip, identical for every frame of a clip")
     crop_scale: float = Field(0.8, gt=0, le=1, description="smallest area fraction of the random resized crop")
     selection_smoothing: float = Field(
-        0.6, ge=0, lt=1, description="EMA factor of the val macro F1 that selects the best epoch (0 = raw F1)"
+        0.8, ge=0, lt=1, description="EMA factor of the val macro F1 that selects the best epoch (0 = raw F1)"
     )
-    min_epochs: int = Field(10, ge=0, description="epochs before a checkpoint can be selected or training stop early")
+    min_epochs: int = Field(40, ge=0, description="epochs before a checkpoint can be selected or training stop early")
     patience: int | None = Field(20, ge=1, description="early stopping on the smoothed val score; null disables")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     compile: bool = Field(False, description="torch.compile the network")

@@ -21,18 +21,41 @@ def _script(name: str):
     return module
 
 
-def test_quality_script_trains_the_three_models_and_writes_its_table(tmp_path, capsys):
-    root = noise_dataset(tmp_path / "ds", counts={"train": [4, 2], "val": [2, 2], "test": [2, 2]}, num_frames=4, size=32)
-    out = tmp_path / "q.json"
-    rows = _script("quality").main(["--dataset", str(root), "--epochs", "1", "--json", str(out)])
-    assert [r["preset"] for r in rows.values()] == ["vivit-fe-tiny", "vivit-fe-tiny", "frame-mlp"]
-    assert [r["single_frame"] for r in rows.values()] == [False, True, False]
+@pytest.mark.slow
+def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefect_harness, tmp_path, capsys):
+    """The real-data benchmark on a tiny Kinetics-format job (generated clips served as file:// URLs): download,
+    filter, frames through Prefect, then the default recipe, single frame, frame-mlp and the logistic-regression
+    references, and the summary line."""
+    import yaml
+
+    from tasks.core.demo_data import generate_demo_dataset
+
+    src = tmp_path / "src"
+    csv = generate_demo_dataset(src, n_dribbling=6, n_dunking=6, seed=2, width=96, height=72, duration=4.0,
+                                clip_len=3.0)
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"), "annotations": [str(csv)],
+        "url_template": f"file://{src}/videos/{{youtube_id}}.mp4", "frames": {"num_frames": 9, "size": 32},
+        "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
+        "train": {"view_frames": 8, "epochs": 1, "batch_size": 4, "min_epochs": 0},
+    }))
+    out = tmp_path / "out"
+    result = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out)])
+    rows = result["rows"]
+    assert list(rows) == ["default", "single frame (RGB)", "frame-mlp (RGB)"]
+    assert rows["default"]["options"]["input"] == "diff" and rows["frame-mlp (RGB)"]["options"]["model"] == "frame-mlp"
     for r in rows.values():
-        assert 0.0 <= r["val_accuracy"] <= 1.0 and 0.0 <= r["test_f1"] <= 1.0 and r["best_epoch"] == 1
-    assert json.loads(out.read_text())["rows"] == rows
-    assert "| frame-mlp (original design) |" in capsys.readouterr().out
+        assert len(r["runs"]) == 1 and 0.0 <= r["test_f1_mean"] <= 1.0 and r["test_f1_std"] == 0.0
+    assert set(result["reference"]) == {"motion energy", "mean frame + motion energy"}
+    assert 0.0 <= result["reference"]["motion energy"]["test_f1"] <= 1.0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == result["summary"] and printed[-1].startswith("real_test_f1=")
+    assert f"worst_seed_test_f1={rows['default']['test_f1_min']:.3f}" in printed[-1]
+    assert json.loads((out / "quality.json").read_text())["summary"] == printed[-1]
+    assert "| reference: motion energy (logistic regression) |" in (out / "quality.md").read_text()
 
 
 def test_quality_script_says_what_is_missing(tmp_path):
-    with pytest.raises(SystemExit, match="no manifest.parquet"):
-        _script("quality").main(["--dataset", str(tmp_path), "--json", str(tmp_path / "q.json")])
+    with pytest.raises(SystemExit, match="config file not found|no manifest|ConfigError"):
+        _script("quality").main(["--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)])
