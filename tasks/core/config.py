@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from .errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CLASSES = ["dribbling basketball", "dunking basketball"]
@@ -108,6 +109,22 @@ class TrainConfig(_Strict):
     resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
     single_frame: bool = Field(False, description="ablation: feed only the middle frame")
 
+    @field_validator("model")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        """A misspelt preset used to pass validation and fail after the data stages, in a traceback."""
+        try:
+            from model.presets import PRESETS
+        except ImportError:  # pragma: no cover - the model package is part of this project
+            return v
+        if v not in PRESETS:
+            import difflib
+
+            close = difflib.get_close_matches(v, list(PRESETS), n=3, cutoff=0.3)
+            hint = f"did you mean {close}? " if close else ""
+            raise ValueError(f"unknown preset {v!r}: {hint}presets are {sorted(PRESETS)} (vivit presets lists them)")
+        return v
+
 
 class MlflowConfig(_Strict):
     tracking_uri: str | None = Field(
@@ -201,7 +218,7 @@ def normalise_split(s: str) -> str:
     return {"validate": "val", "validation": "val"}.get(s, s)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used, with a message that names the key."""
 
 
@@ -254,7 +271,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         lines = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see README 'Config reference')"
             lines.append(f"  {loc}: {msg}")
