@@ -258,6 +258,32 @@ def reusable_row(item: FilterItem, previous: dict[str, dict[str, str]], data_dir
     return None
 
 
+def quarantined_row(item: FilterItem, data_dir: Path) -> dict[str, Any] | None:
+    """The verdict on a file that is gone from ``raw/`` because an earlier run quarantined it, read back from its
+    ``quarantine/<class>/<name>.reason.txt``. A filter killed after quarantining a file but before writing its
+    report used to list that file as missing and leave it out of ``filter.csv``; the file and its reason are on
+    disk, so the row is rebuilt. With numbered copies (``x.1.mp4``) the newest one is the verdict."""
+    try:
+        folder = safe_join(data_dir, "quarantine", label_slug(item.label))
+    except ValueError:
+        return None
+    name = Path(item.rel).name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    candidates = [folder / name] + sorted(folder.glob(f"{stem}.*{suffix}")) if folder.is_dir() else []
+    found = [p for p in candidates if p.is_file() and p.with_name(p.name + ".reason.txt").is_file()
+             and (p.name == name or p.name[len(stem) + 1:-len(suffix) or None].isdigit())]
+    if not found:
+        return None
+    q = max(found, key=lambda p: p.stat().st_mtime_ns)
+    reason, _, message = q.with_name(q.name + ".reason.txt").read_text(errors="replace").strip().partition(": ")
+    if reason not in REASONS:
+        reason, message = "unreadable", f"{reason}: {message}".strip(": ")
+    size, mtime = file_stamp(q)
+    return {"path": _rel(data_dir, q), "status": "quarantined", "reason": reason, "message": message,
+            **item.carried(), "original_path": item.rel, "size": size, "mtime_ns": mtime,
+            "check_version": CHECK_VERSION}
+
+
 def previous_rows(report: str | os.PathLike) -> dict[str, dict[str, str]]:
     """Last run's filter.csv keyed by the raw path each row is about."""
     return {r.get("original_path") or r.get("path", ""): r for r in read_csv_rows(report)}
