@@ -226,6 +226,30 @@ def _quiet_expected_tracebacks(debug: bool):
             h.removeFilter(quiet)
 
 
+def _drain_prefect_workers() -> None:
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    try:
+        run_coro_as_sync(drain())
+    except Exception:  # noqa: BLE001 - a log line lost at exit is not worth a traceback
+        pass
+
+
 @contextlib.contextmanager
 def own_prefect_server():
     """Without ``PREFECT_API_URL`` the flows need a temporary Prefect server. Prefect starts one itself, but it
@@ -264,7 +288,10 @@ def own_prefect_server():
         try:
             server.start()
             with temporary_settings({PREFECT_API_URL: server.api_url}):
-                yield server
+                try:
+                    yield server
+                finally:
+                    _drain_prefect_workers()  # logs and events still queued go out before the server stops
         finally:
             server.stop()
             prefect_server.subprocess = real
