@@ -276,6 +276,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
                 msg = "unknown key (check the spelling; see README 'Config reference')"
             lines.append(f"  {loc}: {msg}")
         where = f" in {path}" if path else ""
+        if len(lines) == 1:  # the usual case: one line naming the key and the fix
+            raise ConfigError(f"invalid config{where}: {lines[0].strip()}") from None
         raise ConfigError(f"invalid config{where}:\n" + "\n".join(lines)) from None
 
 
