@@ -37,8 +37,8 @@ def _train(config: PipelineConfig, force: bool, uri: str) -> dict:
     if res:
         logger.info("unchanged dataset and options: reusing run %s (model v%s)", res["run_id"], res["registry"]["version"])
     else:
-        check_space_for_training(config, int(describe(config.train.model, num_frames=int(info["num_frames"]),
-                                                      image_size=int(info["size"]))["params"]))
+        check_space_for_training(config, describe(config.train.model, num_frames=int(info["num_frames"]),
+                                                  image_size=int(info["size"])).get("params"))
         try:
             res = train_and_register(config, info, key)
         except Exception as e:  # noqa: BLE001 - two known outages get one line each; anything else is a bug

@@ -22,7 +22,9 @@ def checkpoint_bytes(params: int) -> int:
     return params * 4 * 5 + 5_000_000
 
 
-def check_space_for_training(config: PipelineConfig, params: int) -> None:
+def check_space_for_training(config: PipelineConfig, params: int | None) -> None:
+    if not params:
+        return
     try:
         check_free_space(config.data_dir / "runs", checkpoint_bytes(params))
     except DiskFullError as e:
