@@ -7,8 +7,12 @@ whole failed: some clips failing is a normal, reported outcome.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", type=Path, help="YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (errors are one line otherwise)")
+    p.add_argument("--no-wait", dest="no_wait", action="store_true",
+                   help="refuse instead of waiting when another run holds the data_dir or MLflow store")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +76,7 @@ def print_summary(s: dict[str, Any]) -> None:
 
 
 def _run_stage(name: str, cfg, args) -> list[dict]:
+    """The stage's (or pipeline's) summaries; a failed stage raises StageFailed carrying them."""
     if name == "run":
         from flows.pipeline import pipeline_flow, select_stages
 
@@ -96,6 +104,35 @@ def _next_steps(cfg, summaries: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("vivit: interrupted; re-run the same command to go on where it stopped", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line; --debug shows the traceback
+        if debug:
+            raise
+        code, line = explain(e)
+        print(f"vivit: {line}", file=sys.stderr)
+        return code
+
+
+def explain(e: BaseException) -> tuple[int, str]:
+    """Exit code and the one line a user reads for an exception that reached the command."""
+    from tasks.core.errors import ServiceUnavailable, UserError, disk_full_message, is_disk_full
+
+    if isinstance(e, UserError):
+        return EXIT_USAGE, str(e)
+    if isinstance(e, ServiceUnavailable):
+        return EXIT_STAGE_FAILED, str(e)
+    if is_disk_full(e):
+        return EXIT_STAGE_FAILED, disk_full_message(e, Path.cwd())
+    text = " ".join(str(e).split())[:300]
+    return EXIT_STAGE_FAILED, f"unexpected {type(e).__name__}: {text} (--debug shows the traceback)"
+
+
+def _main(args) -> int:
     if args.command == "presets":
         from model.presets import PRESETS, describe
 
@@ -121,23 +158,155 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "predict":
         return _predict(cfg, args)
-    try:
-        summaries = _run_stage(args.command, cfg, args)
-    except ValueError as e:
-        print(f"vivit: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.no_wait:
+        os.environ["VIVIT_NO_WAIT"] = "1"
+    if args.command == "run":
+        from flows.pipeline import select_stages
+
+        try:
+            select_stages([s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None, args.start)
+        except ValueError as e:
+            print(f"vivit: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    from tasks.core.errors import StageFailed
+
+    with _quiet_expected_tracebacks(args.debug), own_prefect_server():
+        try:
+            summaries, failure = _run_stage(args.command, cfg, args), None
+        except StageFailed as e:
+            summaries, failure = e.summaries, e
     for s in summaries:
         print_summary(s)
     _next_steps(cfg, summaries)
-    return EXIT_STAGE_FAILED if any(s.get("failed") for s in summaries) else EXIT_OK
+    if failure is not None:
+        return EXIT_USAGE if failure.user_error else EXIT_STAGE_FAILED
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _quiet_expected_tracebacks(debug: bool):
+    """Prefect logs every failed flow/task run with its traceback. For failures that already have their one
+    line (a failed stage, a user error, an unreachable store, a full disk) that is 20-30 lines of noise, so
+    without ``--debug`` the traceback is dropped from those records (the message line stays)."""
+    if debug:
+        yield
+        return
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    from tasks.core.errors import ServiceUnavailable, StageFailed, UserError, is_disk_full
+
+    def expected(exc: BaseException) -> bool:
+        if isinstance(exc, (StageFailed, UserError, ServiceUnavailable)) or is_disk_full(exc):
+            return True
+        from tasks.tracking import is_store_down  # only reached once mlflow is imported anyway
+
+        return is_store_down(exc)
+
+    class Quiet(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            if exc is not None and expected(exc):
+                record.exc_info, record.exc_text = None, None
+            return True
+
+    setup_logging()
+    quiet = Quiet()
+    handlers = {h for name in ["", *logging.root.manager.loggerDict] for h in logging.getLogger(name).handlers
+                if isinstance(getattr(logging.getLogger(name), "handlers", None), list)}
+    for h in handlers:
+        h.addFilter(quiet)
+    for noisy in ("urllib3", "urllib3.connectionpool"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
+
+
+def _drain_prefect_workers() -> None:
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    try:
+        run_coro_as_sync(drain())
+    except Exception:  # noqa: BLE001 - a log line lost at exit is not worth a traceback
+        pass
+
+
+@contextlib.contextmanager
+def own_prefect_server():
+    """Without ``PREFECT_API_URL`` the flows need a temporary Prefect server. Prefect starts one itself, but it
+    outlived a kill -9 of ``vivit`` in 26 of 32 trials. So the command starts it, from the main thread, as a
+    child that the kernel kills when this process dies (``tasks.core.procs``), stops it on exit, and turns
+    SIGTERM into a normal exit (which stops it too)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        if PREFECT_API_URL.value() or threading.current_thread() is not threading.main_thread():
+            yield None
+            return
+        from prefect.server.api import server as prefect_server
+
+        from tasks.core.procs import die_with_parent_kwargs
+
+        real = prefect_server.subprocess
+
+        class _Subprocess:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            @staticmethod
+            def Popen(*a, **kw):  # noqa: N802 - stands in for subprocess.Popen
+                return real.Popen(*a, **{**die_with_parent_kwargs(), **kw})
+
+        prefect_server.subprocess = _Subprocess()
+        server = prefect_server.SubprocessASGIServer()
+        try:
+            server.start()
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                try:
+                    yield server
+                finally:
+                    _drain_prefect_workers()  # logs and events still queued go out before the server stops
+        finally:
+            server.stop()
+            prefect_server.subprocess = real
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _predict(cfg, args) -> int:
     from tasks import tracking
     from tasks.predict import classify_videos
 
-    uri = args.tracking_uri or tracking.resolve_tracking_uri(cfg.mlflow)
+    uri = args.tracking_uri or tracking.resolve_tracking_uri(cfg.mlflow, create=False)
     model_uri = args.model or f"models:/{cfg.mlflow.model_name}@champion"
+    tracking.require_existing_store(uri)  # a missing SQLite file would be created, empty
     try:
         classifier = tracking.load_classifier(model_uri, uri)
     except Exception as e:  # noqa: BLE001 - any load failure is reported the same way

@@ -14,26 +14,36 @@ from tasks.progress import gather
 from tasks.core import download as core
 from tasks.core.annotations import AnnotationError
 from tasks.core.config import PipelineConfig
+from tasks.core.errors import StageFailed, failed_summary
+from tasks.core.locks import data_dir_lock
 from tasks.download import clean_partials_task, download_clip_task, select_clips_task, write_report_task
 
 
-def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[str] | None = None) -> dict:
-    return {"stage": "download", "counts": counts or {}, "outputs": outputs or [], "failed": True, "message": message}
+def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[str] | None = None, *,
+            user_error: bool = False) -> StageFailed:
+    return StageFailed(failed_summary("download", message, counts, outputs), user_error=user_error)
 
 
 @flow(name="download")
 def download_flow(config: PipelineConfig) -> dict:
+    """Raises StageFailed (the flow run ends Failed) when nothing is usable; the summary travels with it."""
+    with data_dir_lock(config.data_dir, "download"):
+        return _download(config)
+
+
+def _download(config: PipelineConfig) -> dict:
     logger = get_run_logger()
     try:
         core.check_options(config.download)
     except ValueError as e:
-        return _failed(str(e))
+        raise _failed(str(e), user_error=True) from None
     try:
         clips = select_clips_task(config)
     except AnnotationError as e:
-        return _failed(f"cannot use the annotations: {e}")
+        raise _failed(f"cannot use the annotations: {e}", user_error=True) from None
     if not clips:
-        return _failed(f"no clip of {config.classes} in splits {config.splits or 'all'} of {config.annotations}")
+        raise _failed(f"no clip of {config.classes} in splits {config.splits or 'all'} of {config.annotations}",
+                      user_error=True)
 
     clean_partials_task(config.raw_dir)
     # The thread pool's size is a config value, known only now, so the runner is opened here rather than fixed
@@ -60,5 +70,5 @@ def download_flow(config: PipelineConfig) -> dict:
     logger.info(message)
     outputs = [str(report), str(config.raw_dir)]
     if usable == 0:
-        return _failed(f"no clip could be downloaded: {message}", counts, outputs)
+        raise _failed(f"no clip could be downloaded: {message}", counts, outputs)
     return {"stage": "download", "counts": counts, "outputs": outputs, "failed": False, "message": message}

@@ -10,11 +10,19 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks.progress import gather
 from tasks.core import filtering as core
 from tasks.core.config import PipelineConfig
+from tasks.core.errors import StageFailed, failed_summary
+from tasks.core.locks import data_dir_lock
 from tasks.filter import check_clip, plan_filter, write_filter_report
 
 
 @flow(name="filter")
 def filter_flow(config: PipelineConfig) -> dict:
+    """Raises StageFailed (the flow run ends Failed) when fewer than two classes keep a clip."""
+    with data_dir_lock(config.data_dir, "filter"):
+        return _filter(config)
+
+
+def _filter(config: PipelineConfig) -> dict:
     logger = get_run_logger()
     plan = plan_filter(config)
     for note in plan.notes:
@@ -23,8 +31,9 @@ def filter_flow(config: PipelineConfig) -> dict:
         logger.warning("%s is in the download report but not on disk: skipped", item.rel)
     if not plan.todo and not plan.reused:
         where = "reports/download.csv" if plan.source == "download.csv" else f"{config.raw_dir}/<class>/"
-        return {"stage": "filter", "counts": {"missing_files": len(plan.missing)}, "outputs": [], "failed": True,
-                "message": f"no clips to check in {where} for classes {config.classes}: run `vivit download` first"}
+        raise StageFailed(failed_summary(
+            "filter", f"no clips to check in {where} for classes {config.classes}: run `vivit download` first",
+            {"missing_files": len(plan.missing)}))
     rows = list(plan.reused)
     if plan.todo:
         with ThreadPoolTaskRunner(max_workers=config.frames.workers) as runner:
@@ -39,4 +48,7 @@ def filter_flow(config: PipelineConfig) -> dict:
     )
     (logger.error if s.failed else logger.info)(s.message)
     outputs = [str(report)] + ([str(config.quarantine_dir)] if s.counts["quarantined"] else [])
-    return {"stage": "filter", "counts": s.counts, "outputs": outputs, "failed": s.failed, "message": s.message}
+    summary = {"stage": "filter", "counts": s.counts, "outputs": outputs, "failed": s.failed, "message": s.message}
+    if s.failed:
+        raise StageFailed(summary)
+    return summary

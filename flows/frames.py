@@ -12,20 +12,30 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.progress import gather
 from tasks.core.config import PipelineConfig
+from tasks.core.errors import StageFailed, failed_summary
+from tasks.core.locks import data_dir_lock
+from tasks.guards import check_space_for_frames
 from tasks.frames import FilterReportMissing, decoder_threads, plan_frames, sample_clip_task, write_dataset
 
 
-def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[str] | None = None) -> dict:
-    return {"stage": "frames", "counts": counts or {}, "outputs": outputs or [], "failed": True, "message": message}
+def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[str] | None = None) -> StageFailed:
+    return StageFailed(failed_summary("frames", message, counts, outputs))
 
 
 @flow(name="frames")
 def frames_flow(config: PipelineConfig) -> dict:
+    """Raises StageFailed (the flow run ends Failed) when the dataset would be unusable."""
+    with data_dir_lock(config.data_dir, "frames"):
+        return _frames(config)
+
+
+def _frames(config: PipelineConfig) -> dict:
     logger = get_run_logger()
     try:
         plan = plan_frames(config)
     except FilterReportMissing as e:
-        return _failed(str(e))
+        raise _failed(str(e)) from None
+    check_space_for_frames(config, len(plan.todo))
     for note in plan.notes:
         logger.info(note)
     results: list[dict] = []
@@ -70,8 +80,8 @@ def frames_flow(config: PipelineConfig) -> dict:
         message += "\n   warning: " + "\n   warning: ".join(ds.warnings)
     usable = [c for c, v in ds.per_class_split.items() if sum(v.values())]
     if len(usable) < 2:
-        return _failed(f"fewer than two classes have sampled clips ({by_class}): {message}", counts, outputs)
+        raise _failed(f"fewer than two classes have sampled clips ({by_class}): {message}", counts, outputs)
     if splits["train"] == 0:
-        return _failed(f"no training clips: {message}", counts, outputs)
+        raise _failed(f"no training clips: {message}", counts, outputs)
     logger.info(message)
     return {"stage": "frames", "counts": counts, "outputs": outputs, "failed": False, "message": message}

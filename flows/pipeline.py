@@ -12,6 +12,8 @@ from flows.filter import filter_flow
 from flows.frames import frames_flow
 from flows.train import train_flow
 from tasks.core.config import PipelineConfig
+from tasks.core.errors import StageFailed
+from tasks.core.locks import data_dir_lock
 
 STAGES: dict[str, Callable[..., dict]] = {
     "download": download_flow,
@@ -42,13 +44,25 @@ def pipeline_flow(
     start: str | None = None,
     force_train: bool = False,
 ) -> list[dict]:
+    """Holds the data_dir lock from the first stage to the last, so a second pipeline on the same data_dir waits
+    for all of this one and then finds everything done. A failed stage stops the chain and the pipeline raises
+    StageFailed with every stage's summary: its flow run ends Failed, as the stage's did."""
+    with data_dir_lock(config.data_dir, "run"):
+        return _pipeline(config, stages, start, force_train)
+
+
+def _pipeline(config: PipelineConfig, stages: list[str] | None, start: str | None, force_train: bool) -> list[dict]:
     logger = get_run_logger()
     summaries: list[dict] = []
+    failure: StageFailed | None = None
     for name in select_stages(stages, start):
         stage = STAGES[name]
-        summary = stage(config, force=force_train) if name == "train" else stage(config)
+        try:
+            summary = stage(config, force=force_train) if name == "train" else stage(config)
+        except StageFailed as e:
+            failure, summary = e, e.summary
         summaries.append(summary)
-        if summary.get("failed"):
+        if failure is not None:
             logger.error("stage %s failed: %s; later stages not run", name, summary.get("message"))
             break
     create_table_artifact(
@@ -57,4 +71,6 @@ def pipeline_flow(
         key="pipeline-summary",
         description="one row per stage",
     )
+    if failure is not None:
+        raise StageFailed(summaries, user_error=failure.user_error) from None
     return summaries

@@ -1,10 +1,18 @@
 """Train stage: dataset -> trained, registered model. Reuses the registered model when nothing that determines
-it (dataset fingerprint, training options, seed) has changed, unless ``force``."""
+it (dataset fingerprint, training options, seed) has changed, unless ``force``.
+
+One writer at a time: the stage holds its ``data_dir`` lock and the MLflow store's lock from the reuse check to
+the registration, so two trainings of one key register one version. A failure raises StageFailed (the flow run
+ends Failed) with a one-line message: store unreachable, disk full, server lost during training."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from tasks import tracking
 from tasks.core.config import PipelineConfig
+from tasks.core.errors import StageFailed, failed_summary, is_disk_full, disk_full_message
+from tasks.core.locks import data_dir_lock
+from tasks.guards import check_space_for_training, check_tracking_store
 from tasks.train import (
     DatasetMissingError, find_reusable_run, read_dataset_info, summary_message, train_and_register, train_key,
 )
@@ -12,17 +20,40 @@ from tasks.train import (
 
 @flow(name="train", log_prints=True)
 def train_flow(config: PipelineConfig, force: bool = False) -> dict:
+    uri = tracking.resolve_tracking_uri(config.mlflow)
+    check_tracking_store(uri)
+    with data_dir_lock(config.data_dir, "train"), tracking.store_lock(uri):
+        return _train(config, force, uri)
+
+
+def _train(config: PipelineConfig, force: bool, uri: str) -> dict:
+    from model.presets import describe
+
     logger = get_run_logger()
     try:
         info = read_dataset_info(config.dataset_dir)
     except DatasetMissingError as e:
-        return {"stage": "train", "counts": {}, "outputs": [], "failed": True, "message": str(e)}
+        raise StageFailed(failed_summary("train", str(e))) from None
     key = train_key(config, info)
     res = None if force else find_reusable_run(config, key)
     if res:
         logger.info("unchanged dataset and options: reusing run %s (model v%s)", res["run_id"], res["registry"]["version"])
     else:
-        res = train_and_register(config, info, key)
+        view = config.train.view
+        cost = describe(config.train.model, num_frames=view.num_frames, image_size=int(info["size"]),
+                        in_channels=view.channels)
+        check_space_for_training(config, cost.get("params"))
+        try:
+            res = train_and_register(config, info, key)
+        except Exception as e:  # noqa: BLE001 - two known outages get one line each; anything else is a bug
+            if tracking.is_store_down(e):
+                raise StageFailed(failed_summary(
+                    "train", f"MLflow at {uri} stopped answering ({type(e).__name__}); the training's checkpoints "
+                             f"are kept in {config.data_dir / 'runs' / key}: re-run the train stage when the store is "
+                             "back to register the model without training again")) from None
+            if is_disk_full(e):
+                raise StageFailed(failed_summary("train", disk_full_message(e, config.data_dir / "runs"))) from None
+            raise
     counts = {f"{split}_clips": info["split_counts"].get(split, 0) for split in ("train", "val", "test")}
     msg = summary_message(config, res)
     return {"stage": "train", "counts": counts, "outputs": [res["tracking_uri"]], "failed": False, "message": msg,

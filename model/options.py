@@ -64,9 +64,9 @@ class TrainOptions(BaseModel):
     @classmethod
     def _known_preset(cls, v: str) -> str:
         if v not in PRESETS:
-            close = difflib.get_close_matches(v, list(PRESETS), n=3)
+            close = difflib.get_close_matches(v, list(PRESETS), n=3, cutoff=0.3)
             hint = f"did you mean {close}? " if close else ""
-            raise ValueError(f"unknown model preset {v!r}; {hint}known presets: {', '.join(sorted(PRESETS))}")
+            raise ValueError(f"unknown preset {v!r}: {hint}presets are {sorted(PRESETS)} (vivit presets lists them)")
         return v
 
     @property

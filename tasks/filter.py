@@ -32,6 +32,8 @@ def plan_filter(config: PipelineConfig) -> FilterPlan:
     todo, reused, missing = [], [], []
     for item in inputs.items + inputs.missing:
         row = core.reusable_row(item, previous, Path(config.data_dir))
+        if row is None and not item.path.exists():
+            row = core.quarantined_row(item, Path(config.data_dir))
         if row is not None:
             reused.append(row)
         elif item.path.is_file():

@@ -7,6 +7,7 @@ example JSON in a trial here, while pickle loads for any batch size from any wor
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -16,6 +17,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import prefect  # noqa: F401  -- import before mlflow.pytorch, which otherwise spoils Prefect's log handlers
+
+# MLflow's HTTP defaults (7 retries, doubling back-off, 120 s timeout) turned a dead tracking server into 246 s of
+# silence and an MLflow server killed mid-training into a 499 s hang. These bound one request to ~30 s at worst;
+# set the variables yourself for a slower link.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
 import mlflow
 import mlflow.pytorch
 from mlflow import MlflowClient
@@ -24,23 +33,115 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types import Schema, TensorSpec
 import numpy as np
 
+from tasks.core import locks
 from tasks.core.config import MlflowConfig
+from tasks.core.errors import ServiceUnavailable, UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEFAULT_STORE = Path("mlruns")
 
 
-def resolve_tracking_uri(cfg: MlflowConfig) -> str:
+def resolve_tracking_uri(cfg: MlflowConfig, *, create: bool = True) -> str:
     """Config first, then ``$MLFLOW_TRACKING_URI``, else an embedded SQLite store under ``./mlruns``.
 
     An absolute SQLite path needs four slashes (``sqlite:////abs/mlflow.db``); ``sqlite:///`` + an absolute
-    path string gives exactly that."""
+    path string gives exactly that. ``create=False`` (prediction) makes no folder."""
     if cfg.tracking_uri:
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    DEFAULT_STORE.mkdir(parents=True, exist_ok=True)
+    if create:
+        DEFAULT_STORE.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative to the cwd with three slashes), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).resolve()
+
+
+def store_lock(uri: str):
+    """One writer per MLflow store: two trainings on one new SQLite store crashed the second in MLflow's schema
+    migration, and two on an existing one registered two versions for one training key. A SQLite store is locked
+    beside its file; a tracking server serialises its own writes (nothing to lock from here)."""
+    db = sqlite_path(uri)
+    if db is None:
+        return contextlib.nullcontext()
+    return locks.exclusive(f"{db}.lock", f"MLflow store {db}", command="vivit train")
+
+
+def require_existing_store(uri: str) -> None:
+    """Prediction reads a store; opening a missing SQLite file would create an empty database instead."""
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise UserError(f"no MLflow store at {db}: train a model first (vivit train), or point --tracking-uri / "
+                        "mlflow.tracking_uri at the store that has it")
+
+
+def check_store(uri: str, *, budget_s: float = 30.0, attempt_timeout_s: float = 5.0) -> None:
+    """Fail fast and in one line when the store cannot work, instead of minutes of retries and tracebacks: a
+    tracking server must answer ``/health`` (a few tries, ``budget_s`` in all); a SQLite store's folder must be
+    writable."""
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        probe = db.parent / f".vivit-write-check-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+            if db.exists() and not os.access(db, os.W_OK):
+                raise PermissionError(f"{db} is read-only")
+        except OSError as e:
+            raise UserError(f"MLflow store {db} is not writable ({e.strerror or e}): fix its permissions or set "
+                            "mlflow.tracking_uri to a writable store") from None
+        return
+    if not uri.startswith(("http://", "https://")):
+        return
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline, tries, last = time.monotonic() + budget_s, 0, ""
+    while True:
+        tries += 1
+        timeout = max(0.5, min(attempt_timeout_s, deadline - time.monotonic()))
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:  # noqa: S310 - http(s) only
+                if r.status < 500:
+                    return
+                last = f"HTTP {r.status}"
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                return  # it answers (an auth proxy, an old server without /health)
+            last = f"HTTP {e.code}"
+        except (OSError, ValueError) as e:
+            last = str(getattr(e, "reason", e))
+        if time.monotonic() + 2.0 >= deadline or tries >= 3:
+            break
+        time.sleep(2.0)
+    raise ServiceUnavailable(f"MLflow tracking server {uri} is not reachable ({last}; {tries} tries): start it "
+                             "or fix mlflow.tracking_uri / $MLFLOW_TRACKING_URI")
+
+
+def is_store_down(exc: BaseException) -> bool:
+    """The tracking server stopped answering (connection refused/reset, retries exhausted, 5xx)."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ServiceUnavailable):
+            return True
+        name = type(e).__name__
+        text = str(e)
+        if name in {"ConnectionError", "MaxRetryError", "NewConnectionError", "ConnectTimeout", "ReadTimeout",
+                    "ConnectionRefusedError", "RemoteDisconnected"}:
+            return True
+        if isinstance(e, MlflowException) and ("API request to" in text or "Max retries exceeded" in text):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -66,38 +167,83 @@ def ensure_experiment(name: str, uri: str) -> str:
 
 
 class MlflowReporter:
-    """Training callback: per-epoch metrics into the active run (step = epoch)."""
+    """Training callback: per-epoch metrics into the active run (step = epoch).
 
-    def __init__(self, run_id: str) -> None:
+    A tracking server that dies mid-training must not stop the training: the first failed call is said in one
+    line, later epochs are not sent (no retry storm, no 30 tracebacks), and the checkpoints carry on; the stage
+    then fails at registration and the next run resumes from the last checkpoint and registers."""
+
+    def __init__(self, run_id: str, warn=None) -> None:
         self.run_id = run_id
         self.client = MlflowClient()
+        self.broken: str | None = None
+        self._warn = warn or (lambda msg: print(f"vivit: {msg}", flush=True))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.broken:
+            return
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
-        mlflow.log_metrics(clean, step=int(epoch), run_id=self.run_id)
+        try:
+            mlflow.log_metrics(clean, step=int(epoch), run_id=self.run_id)
+        except Exception as e:  # noqa: BLE001 - the tracking store is not the training
+            self.broken = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+            self._warn(f"MLflow stopped answering at epoch {epoch} ({self.broken}); training goes on and keeps "
+                       "its checkpoints; re-run the train stage once the store is back to register the model")
+
+
+OWNER_TAGS = ("vivit.pid", "vivit.host", "vivit.proc_start")
+
+
+def owner_tags() -> dict[str, str]:
+    """Who runs a training, so a later run can tell a run left RUNNING by a killed process from a live one."""
+    me = locks.this_owner()
+    return {"vivit.pid": str(me.pid), "vivit.host": me.host, "vivit.proc_start": me.proc_start}
+
+
+def reap_dead_runs(experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a dead process of this project (its pid tag, on this host, no longer runs) are
+    marked KILLED: a kill -9 mid-training left them RUNNING forever. Runs of other hosts are left alone."""
+    client = MlflowClient()
+    reaped = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=500):
+        t = run.data.tags
+        if not t.get("vivit.pid", "").isdigit():
+            continue
+        if locks.owner_alive(t.get("vivit.host", ""), int(t["vivit.pid"]), t.get("vivit.proc_start", "")) is False:
+            client.set_tag(run.info.run_id, "vivit.reaped", f"process {t['vivit.pid']} died with the run RUNNING")
+            client.set_terminated(run.info.run_id, "KILLED")
+            reaped.append(run.info.run_id)
+    return reaped
 
 
 def find_reusable_run(experiment: str, train_key: str, model_name: str) -> dict[str, Any] | None:
-    """A finished run with the same training key whose model is still registered: training again would give
-    the same model, so the pipeline reuses it (``--force-train`` overrides)."""
+    """A run with the same training key whose model is registered: training again would give the same model,
+    so the pipeline reuses it (``--force-train`` overrides). Runs of every status count: a training killed right
+    after registering (its run KILLED) must not register the same model again; its aliases are completed."""
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return None
+    reap_dead_runs(exp.experiment_id)
     runs = mlflow.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.train_key = '{train_key}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.train_key = '{train_key}'",
         order_by=["attributes.start_time DESC"],
         output_format="list",
-        max_results=5,
+        max_results=20,
     )
     client = MlflowClient()
     for run in runs:
+        if run.info.status == "RUNNING":
+            continue  # another host's live training
         try:
             versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run.info.run_id}'")
         except MlflowException:
             versions = []
         if versions:
             v = max(versions, key=lambda mv: int(mv.version))
+            if "registry.decision" not in run.data.tags:  # killed between registering and the aliases
+                promote(model_name, int(v.version), run.info.run_id,
+                        float(run.data.metrics.get("best_val_f1", float("nan"))))
             return {"run_id": run.info.run_id, "version": int(v.version), "metrics": dict(run.data.metrics)}
     return None
 
@@ -106,7 +252,8 @@ def find_reusable_run(experiment: str, train_key: str, model_name: str) -> dict[
 def training_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
     uri = mlflow.get_tracking_uri()
     exp_id = ensure_experiment(experiment, uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
+    reap_dead_runs(exp_id)
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={**tags, **owner_tags()}) as run:
         yield run.info.run_id
 
 
@@ -192,9 +339,13 @@ class Registration:
 def register_and_promote(model_uri: str, name: str, run_id: str, score: float, metric: str = "best_val_f1") -> Registration:
     """New version + alias ``challenger``; ``champion`` moves only when the challenger's score is strictly higher
     (ties keep the incumbent). The decision and both scores go onto the run."""
-    client = MlflowClient()
     mv = mlflow.register_model(model_uri, name)
-    version = int(mv.version)
+    return promote(name, int(mv.version), run_id, score, metric)
+
+
+def promote(name: str, version: int, run_id: str, score: float, metric: str = "best_val_f1") -> Registration:
+    """Aliases for a registered ``version``: ``challenger``, and ``champion`` when it beats the incumbent."""
+    client = MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, str(version))
     incumbent_score: float | None = None
     try:
@@ -206,7 +357,9 @@ def register_and_promote(model_uri: str, name: str, run_id: str, score: float, m
     else:
         incumbent_run = client.get_run(champ.run_id) if champ.run_id else None
         incumbent_score = (incumbent_run.data.metrics.get(metric) if incumbent_run else None)
-        if incumbent_score is None or score > incumbent_score:
+        if int(champ.version) == version:
+            decision, champion_version = "kept_incumbent", version
+        elif incumbent_score is None or score > incumbent_score:
             decision, champion_version = "promoted", version
         else:
             decision, champion_version = "kept_incumbent", int(champ.version)
@@ -237,6 +390,7 @@ def aliases(name: str) -> dict[str, int]:
 def load_classifier(model_uri: str, tracking_uri: str | None = None):
     """Load a registered classifier (``models:/NAME@champion``, ``runs:/...``) on CPU, with its metadata."""
     if tracking_uri:
+        require_existing_store(tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
     net = mlflow.pytorch.load_model(model_uri, map_location="cpu")

@@ -126,3 +126,33 @@ def test_csv_over_http_and_refused_schemes(tmp_path):
         read_csv_source(f"file://{tmp_path / 'k400.csv'}")
     with pytest.raises(AnnotationError, match="not found"):
         read_csv_source(str(tmp_path / "missing.csv"))
+
+
+@pytest.mark.parametrize("start,end,why", [
+    ("0", "inf", "finite"), ("0", "99999999", "beyond"), ("1e300", "1e301", "beyond"), ("nan", "3", "finite"),
+    ("0", "700", "longer than"), ("-1", "3", "greater than"), ("4", "4", "greater than"), ("x", "3", "numbers"),
+])
+def test_bad_times_are_reported_rows(start, end, why):
+    import pandas as pd
+
+    from tasks.core.annotations import parse_annotations
+
+    df = pd.DataFrame([{"label": "a b", "youtube_id": "abc", "time_start": start, "time_end": end, "split": "train"},
+                       {"label": "a b", "youtube_id": "abd", "time_start": "1", "time_end": "11", "split": "train"}])
+    rows, problems = parse_annotations(df, source="x.csv")
+    assert list(rows["youtube_id"]) == ["abd"]
+    assert len(problems) == 1 and problems[0].startswith("x.csv:2:") and why in problems[0], problems
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"", "empty"), (b"<!DOCTYPE html><html><body>Sign in</body></html>", "HTML"),
+    ("label,youtube_id,time_start,time_end,split\ncaf\xe9,abc,0,1,train\n".encode("latin-1"), "not UTF-8"),
+])
+def test_unusable_csv_files_are_one_line_naming_the_file(tmp_path, content, words):
+    from tasks.core.annotations import AnnotationError, read_csv_source
+
+    p = tmp_path / "bad.csv"
+    p.write_bytes(content)
+    with pytest.raises(AnnotationError) as info:
+        read_csv_source(str(p))
+    assert str(p) in str(info.value) and words in str(info.value) and "\n" not in str(info.value)

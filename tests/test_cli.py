@@ -46,10 +46,29 @@ def test_demo_data_then_download_and_an_unknown_class(prefect_harness, tmp_path)
     assert ok.returncode == EXIT_OK, ok.stderr[-2000:]
     assert "== download: ok" in ok.stdout and "downloaded  5" in ok.stdout
     assert set(pd.read_csv(tmp_path / "data" / "reports" / "download.csv")["status"]) == {"downloaded"}
-    # a misspelt class: the stage as a whole fails (exit 1) and the message suggests the real name
+    # a misspelt class: a user error (exit 2), the summary suggests the real name, no traceback, and the flow
+    # run ends Failed in Prefect (not a green Completed)
     bad = _vivit(["download", *common, "--set", "classes=[dribling basketball, dunking basketball]"])
-    assert bad.returncode == EXIT_STAGE_FAILED, bad.stderr[-2000:]
+    assert bad.returncode == EXIT_USAGE, bad.stderr[-2000:]
     assert "FAILED" in bad.stdout and "did you mean" in bad.stdout and "dribbling basketball" in bad.stdout
+    assert "Traceback" not in bad.stdout + bad.stderr
+    assert _last_flow_run_state("download") == "FAILED"
+
+
+def _last_flow_run_state(flow_name: str) -> str:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def query():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                               sort=FlowRunSort.START_TIME_DESC, limit=1)
+            return runs[0].state.type.name
+
+    return asyncio.run(query())
 
 
 @pytest.mark.parametrize("argv", [["presets"]])

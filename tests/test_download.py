@@ -17,6 +17,7 @@ from tasks.core.config import DownloadConfig, PipelineConfig
 from tasks.core.media import probe
 from tasks.core.paths import is_partial
 from tests.support.http_server import serve_directory
+from tests.support.stages import failed_summary
 from tests.support.videos import make_counter_video, read_counter
 
 FPS = 25.0
@@ -336,15 +337,15 @@ def test_download_flow_fails_only_when_nothing_is_usable(prefect_harness, server
     nothing.url_template = server.template("wait404")  # every request waits 0.3 s, then 404
     nothing.download.workers = 2
     server.reset_hits()
-    s = download_flow(nothing)
-    assert s["failed"] is True and s["counts"]["failed_http_error"] == 6 and "no clip" in s["message"]
+    s = failed_summary(download_flow, nothing)
+    assert s["counts"]["failed_http_error"] == 6 and "no clip" in s["message"]
     assert (nothing.reports_dir / "download.csv").is_file()
     assert server.max_in_flight() == 2  # parallel, and never more than download.workers
 
     typo = _flow_config(tmp_path, server, header + "dribbling basketball,vid00000001,0,2,train\n",
                         classes=["dribling basketball", "dunking basketball"])
-    s = download_flow(typo)
-    assert s["failed"] is True and "did you mean" in s["message"] and "dribbling basketball" in s["message"]
+    s = failed_summary(download_flow, typo)
+    assert "did you mean" in s["message"] and "dribbling basketball" in s["message"]
 
 
 def test_quarantined_clip_is_not_downloaded_again(server, tmp_path):
@@ -359,3 +360,27 @@ def test_quarantined_clip_is_not_downloaded_again(server, tmp_path):
     assert server.hits("/files/vid00000001.mp4") == 0 and not final.exists()
     q.unlink()  # the user deletes the quarantined copy: the next run downloads it again
     assert dl.download_clip(clip(), tmp_path, server.template(), cfg()).status == "downloaded"
+
+
+def test_bad_time_rows_are_skipped_and_the_stage_goes_on(prefect_harness, server, tmp_path, caplog):
+    """inf, 99999999 and 1e300 crashed the whole stage (OverflowError, 'File name too long') before any report."""
+    from flows.download import download_flow
+
+    csv_text = (
+        "label,youtube_id,time_start,time_end,split\n"
+        "dribbling basketball,vid00000001,1,3,train\n"
+        "dribbling basketball,vid00000001,0,inf,train\n"
+        "dribbling basketball,vid00000001,0,99999999,train\n"
+        "dunking basketball,vid00000002,1e300,1e301,train\n"
+        "dunking basketball,vid00000002,nan,3,train\n"
+        "dunking basketball,vid00000002,99999990,99999999,train\n"
+        "dunking basketball,vid00000002,5,8,train\n"
+    )
+    with caplog.at_level("WARNING"):
+        summary = download_flow(_flow_config(tmp_path, server, csv_text))
+    assert summary["counts"]["requested"] == 2 and summary["counts"]["downloaded"] == 2
+    warned = "\n".join(r.getMessage() for r in caplog.records if "skipped annotation row" in r.getMessage())
+    for line in (3, 4, 5, 6, 7):
+        assert f"ann.csv:{line}:" in warned, warned
+    with open(tmp_path / "data" / "reports" / "download.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2

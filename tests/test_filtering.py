@@ -205,3 +205,16 @@ def test_fewer_than_two_usable_classes_fail_with_counts():
     assert s.counts["kept"] == 2 and s.counts["quarantined_corrupt"] == 1 and s.counts["kept[bb]"] == 0
     rows.append({"label": "bb", "status": "kept", "reason": ""})
     assert not filtering.summarize(rows, ["aa", "bb"]).failed
+
+
+def test_huge_frames_are_refused_before_any_decoding(tmp_path):
+    """One 2 s 8K clip took the frames stage to 1.51 GB RSS: frames above 4096x2304 are a recorded reason."""
+    huge = tmp_path / "huge.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=4352x2448:rate=5", "-t", "0.4", "-c:v", "libx264",
+           "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(huge))
+    r = check_video(huge)
+    assert not r.ok and r.reason == "too_large" and "4352x2448" in r.message, r
+    four_k = tmp_path / "uhd.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=3840x2160:rate=5", "-t", "0.4", "-c:v", "libx264",
+           "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(four_k))
+    assert check_video(four_k).ok

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import math
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,18 @@ from pathlib import Path
 import pandas as pd
 
 from .config import normalise_split
+from .errors import UserError
 from .paths import UnsafePathError, check_youtube_id, clip_stem, label_slug
 
 REQUIRED = ["youtube_id", "time_start", "time_end", "split"]
+# Kinetics windows are 10 s. A longer one is allowed (other datasets in the same format), but not one that would
+# make yt-dlp/ffmpeg fetch hours of video or overflow a file name: ``inf``, ``99999999`` and ``1e300`` crashed
+# the whole stage before these bounds existed.
+MAX_WINDOW_S = 600.0
+MAX_TIME_S = 999_999.0  # the file stem formats times as 6 digits
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """The CSV itself is unusable (missing columns, no rows) or a requested class does not exist."""
 
 
@@ -50,13 +57,36 @@ def read_csv_source(source: str, timeout: float = 60.0) -> pd.DataFrame:
                 data = r.read()
         except OSError as e:
             raise AnnotationError(f"cannot fetch annotations {source}: {e}") from e
-        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        return _parse_csv(data, source)
     if "://" in source:
         raise AnnotationError(f"annotations must be a local path or http(s) URL, got {source!r}")
     p = Path(source)
     if not p.is_file():
         raise AnnotationError(f"annotations file not found: {p}")
-    return pd.read_csv(p, dtype=str, keep_default_na=False)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise AnnotationError(f"cannot read annotations {p}: {e.strerror or e}") from e
+    return _parse_csv(data, source)
+
+
+def _parse_csv(data: bytes, source: str) -> pd.DataFrame:
+    """pandas' own errors name neither the file nor the fix; these do."""
+    if not data.strip():
+        raise AnnotationError(f"{source}: the file is empty; a Kinetics CSV starts with the header "
+                              "label,youtube_id,time_start,time_end,split")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{source}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}): "
+                              "re-save it as UTF-8") from None
+    if text.lstrip()[:1] == "<":
+        raise AnnotationError(f"{source}: looks like HTML or XML, not a CSV (a login or error page?): "
+                              "download the CSV itself")
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise AnnotationError(f"{source}: not a readable CSV ({' '.join(str(e).split())[:200]})") from None
 
 
 def parse_annotations(df: pd.DataFrame, source: str = "<csv>") -> tuple[pd.DataFrame, list[str]]:
@@ -75,9 +105,7 @@ def parse_annotations(df: pd.DataFrame, source: str = "<csv>") -> tuple[pd.DataF
     for i, row in enumerate(df.itertuples(index=False), start=2):  # line 1 is the header
         try:
             check_youtube_id(str(row.youtube_id).strip())
-            s, e = float(row.time_start), float(row.time_end)
-            if not (s >= 0 and e > s):
-                raise ValueError(f"time_end ({e}) must be greater than time_start ({s}) >= 0")
+            s, e = check_times(row.time_start, row.time_end)
             if row.label:
                 label_slug(str(row.label))
             keep.append(i - 2)
@@ -86,10 +114,28 @@ def parse_annotations(df: pd.DataFrame, source: str = "<csv>") -> tuple[pd.DataF
     out = df.iloc[keep].copy()
     out["youtube_id"] = out["youtube_id"].str.strip()
     out["label"] = out["label"].str.strip()
-    out["time_start"] = out["time_start"].astype(float)
+    out["time_start"] = out["time_start"].astype(float)  # every kept row passed check_times
     out["time_end"] = out["time_end"].astype(float)
     out["split"] = out["split"].map(normalise_split)
     return out.reset_index(drop=True), problems
+
+
+def check_times(time_start: object, time_end: object) -> tuple[float, float]:
+    """The window ``[time_start, time_end]`` of one row as floats, or ValueError saying what is wrong: finite,
+    non-negative, ``end > start``, at most :data:`MAX_WINDOW_S` long and within :data:`MAX_TIME_S`."""
+    try:
+        s, e = float(str(time_start).strip()), float(str(time_end).strip())
+    except ValueError:
+        raise ValueError(f"times must be numbers, got time_start={time_start!r}, time_end={time_end!r}") from None
+    if not (math.isfinite(s) and math.isfinite(e)):
+        raise ValueError(f"times must be finite, got time_start={time_start!r}, time_end={time_end!r}")
+    if not (s >= 0 and e > s):
+        raise ValueError(f"time_end ({e:g}) must be greater than time_start ({s:g}) >= 0")
+    if e > MAX_TIME_S:
+        raise ValueError(f"time_end ({e:g}) is beyond {MAX_TIME_S:g} s")
+    if e - s > MAX_WINDOW_S:
+        raise ValueError(f"window of {e - s:g} s is longer than the {MAX_WINDOW_S:g} s allowed")
+    return s, e
 
 
 def closest_labels(name: str, labels: list[str], n: int = 5) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 from model.options import TrainOptions, stable_hash
+from .errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CLASSES = ["dribbling basketball", "dunking basketball"]
@@ -190,7 +191,7 @@ def normalise_split(s: str) -> str:
     return {"validate": "val", "validation": "val"}.get(s, s)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used, with a message that names the key."""
 
 
@@ -243,11 +244,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         lines = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see README 'Config reference')"
             lines.append(f"  {loc}: {msg}")
         where = f" in {path}" if path else ""
+        if len(lines) == 1:  # the usual case: one line naming the key and the fix
+            raise ConfigError(f"invalid config{where}: {lines[0].strip()}") from None
         raise ConfigError(f"invalid config{where}:\n" + "\n".join(lines)) from None
 
 

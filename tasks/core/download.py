@@ -39,9 +39,11 @@ from urllib.parse import urlsplit
 
 from .annotations import Clip
 from .config import DownloadConfig
+from .errors import is_disk_full
+from .procs import die_with_parent_kwargs, patch_ytdlp_popen
 from .media import ProbeError, ffmpeg_exe, probe
 from . import reports
-from .paths import UnsafePathError, clip_stem, is_partial, label_slug, safe_join
+from .paths import UnsafePathError, clip_stem, is_partial, label_slug, partial_owner_alive, partial_prefix, safe_join
 
 # -- reasons -------------------------------------------------------------------------------------------------
 REASONS: dict[str, str] = {
@@ -63,6 +65,7 @@ REASONS: dict[str, str] = {
     "unsafe_path": "label or youtube_id would make an unsafe path; refused",
     "quarantined": "downloaded earlier but rejected by the filter stage (see quarantine/; delete it to retry)",
     "ffmpeg_error": "ffmpeg failed to cut or convert the clip",
+    "disk_full": "no space left on the disk of data_dir (free some, then re-run)",
     "unknown": "anything else (see the message)",
 }
 TRANSIENT: frozenset[str] = frozenset({"server_error", "timeout", "network"})
@@ -196,7 +199,11 @@ def http_status(err: BaseException | str) -> int | None:
 def classify_error(err: BaseException | str) -> str:
     """Map an exception or yt-dlp message to a reason of :data:`REASONS` (pure; URLs are ignored so that words
     in a URL such as ``/private/`` cannot decide the reason)."""
+    if isinstance(err, BaseException) and is_disk_full(err):
+        return "disk_full"
     text = _IE_PREFIX_RE.sub("", _URL_RE.sub("", _error_text(err)))
+    if "no space left on device" in text.lower():
+        return "disk_full"
     for reason, pattern in _RULES:
         if pattern.search(text):
             return reason
@@ -393,6 +400,7 @@ def run_ytdlp(url: str, outtmpl: str, cfg: DownloadConfig, *, section: tuple[flo
 
     ffmpeg = ffmpeg_exe()
     _set_ffmpeg_for_sections(ffmpeg)
+    patch_ytdlp_popen()  # yt-dlp's ffmpeg children die with this process
     logger = CaptureLogger()
     opts = build_ydl_options(cfg, outtmpl, section=section, logger=logger, ffmpeg=ffmpeg)
     try:
@@ -435,7 +443,8 @@ def trim_video(src: Path, dst: Path, start: float, end: float, *, timeout: float
         "-movflags", "+faststart", "-f", "mp4", str(dst),
     ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout or max(120.0, 20 * duration), check=False)
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout or max(120.0, 20 * duration), check=False,
+                              **die_with_parent_kwargs())
     except subprocess.TimeoutExpired as e:
         raise DownloadFailure("ffmpeg_error", f"ffmpeg timed out cutting {src.name}") from e
     if proc.returncode != 0:
@@ -494,7 +503,7 @@ def fetch_clip(url: str, final: Path, start: float, end: float, cfg: DownloadCon
     ffmpeg cuts it here. Only a validated file is renamed onto ``final``; every temporary file is removed.
     A failure from the whole-file path has ``whole_file=True`` so a retry goes straight there."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.stem}.part-{uuid.uuid4().hex[:8]}"
+    prefix = partial_prefix(final)
     folder = final.parent
     try:
         if sections:
@@ -554,7 +563,7 @@ class ClipResult:
 def _result(clip: Clip, status: str, **kw: Any) -> ClipResult:
     try:
         cid = clip.clip_id
-    except UnsafePathError:
+    except (UnsafePathError, OverflowError, ValueError):
         cid = ""
     return ClipResult(clip.youtube_id, clip.label, clip.split, status, time_start=clip.time_start,
                       time_end=clip.time_end, clip_id=cid, **kw)
@@ -571,11 +580,24 @@ def download_clip(
     """Download one clip unless a valid copy is already there; never raises for a clip-level problem.
 
     Transient failures (:data:`TRANSIENT`) are retried ``cfg.retries`` times after ``backoff_delays``; any other
-    reason fails at once (a 404 or a private video will not change in a minute)."""
+    reason fails at once (a 404 or a private video will not change in a minute). Anything unexpected about one
+    clip (an odd row, a disk that filled up, a bug) becomes that clip's report row, never a crashed stage."""
+    try:
+        return _download_clip(clip, data_dir, url_template, cfg, sleep=sleep)
+    except Exception as e:  # noqa: BLE001 - row-level isolation: the reason and message go into the report
+        reason = classify_error(e)
+        msg = clean_message(f"{type(e).__name__}: {e}")
+        if reason == "disk_full":
+            msg = f"disk full at {Path(data_dir) / 'raw'}: {msg}"
+        return _result(clip, "failed", reason=reason, message=msg)
+
+
+def _download_clip(clip: Clip, data_dir: str | os.PathLike, url_template: str, cfg: DownloadConfig, *,
+                   sleep: Callable[[float], None]) -> ClipResult:
     t0 = time.monotonic()
     try:
         final = clip_path(data_dir, clip)
-    except UnsafePathError as e:
+    except (UnsafePathError, OverflowError, OSError) as e:
         return _result(clip, "failed", reason="unsafe_path", message=str(e))
     rel = final.relative_to(Path(data_dir).resolve()).as_posix()
     if final.is_file() and video_problem(final) is None:
@@ -610,13 +632,15 @@ def download_clip(
 
 # -- housekeeping and the report -----------------------------------------------------------------------------
 def clean_partials(raw_dir: str | os.PathLike) -> list[Path]:
-    """Remove temporary files an interrupted run left under ``raw/`` (never a finished clip)."""
+    """Remove temporary files an interrupted run left under ``raw/`` (never a finished clip), and only those of
+    owners that are dead: a temporary name carries its writer's pid, so a run never deletes the files of another
+    one still at work (before the owner was recorded, a second run deleted a first one's downloads in flight)."""
     root = Path(raw_dir)
     removed: list[Path] = []
     if not root.is_dir():
         return removed
     for p in root.rglob("*"):
-        if p.is_file() and is_partial(p):
+        if p.is_file() and is_partial(p) and not partial_owner_alive(p):
             try:
                 p.unlink()
                 removed.append(p)

@@ -54,9 +54,37 @@ def safe_join(root: str | os.PathLike, *parts: str) -> Path:
     return out
 
 
+_OWNER_RE = re.compile(r"\.part-(\d+)-[0-9a-f]{8}")
+
+
+def partial_prefix(final: Path) -> str:
+    """``.<stem>.part-<pid>-<hex8>``: hidden, unique, and naming the process that writes it."""
+    return f".{final.stem}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def tmp_name(final: Path) -> Path:
-    """A hidden sibling of ``final`` (same filesystem, so rename is atomic) that keeps the suffix for tools like ffmpeg."""
-    return final.with_name(f".{final.stem}.part-{uuid.uuid4().hex[:8]}{final.suffix}")
+    """A hidden sibling of ``final`` (same filesystem, so rename is atomic) that keeps the suffix for tools like
+    ffmpeg and carries the writer's pid (see :func:`partial_owner_alive`)."""
+    return final.with_name(f"{partial_prefix(final)}{final.suffix}")
+
+
+def partial_owner_alive(path: Path) -> bool:
+    """Whether the process that writes the temporary file ``path`` may still be at work: its pid (in the name)
+    runs on this host. A name without a pid predates this scheme (every writer since names itself, and holds the
+    data_dir lock while it writes), so nothing is writing it."""
+    m = _OWNER_RE.search(path.name)
+    if m is None:
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return False  # ours, from an earlier run in this process: nothing is writing it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

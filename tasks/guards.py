@@ -1,0 +1,42 @@
+"""Checks a stage makes before it starts, so that what would fail half-way with an opaque message (a full disk,
+an unreachable MLflow server) fails at once, in one line that names the thing and the fix. Each raises
+:class:`~tasks.core.errors.StageFailed`, so the flow run ends Failed with that line as its message."""
+from __future__ import annotations
+
+from tasks.core.config import PipelineConfig
+from tasks.core.errors import DiskFullError, ServiceUnavailable, StageFailed, UserError, check_free_space, failed_summary
+
+
+def check_space_for_frames(config: PipelineConfig, clips_todo: int) -> None:
+    """Each sampled clip is a ``(T, S, S, 3)`` uint8 array (the frames stage crashed with ``786432 requested and
+    688000 written`` on a full disk and wrote no manifest)."""
+    per_clip = config.frames.num_frames * config.frames.size ** 2 * 3 + 4096
+    try:
+        check_free_space(config.dataset_dir, clips_todo * per_clip + 1_000_000)
+    except DiskFullError as e:
+        raise StageFailed(failed_summary("frames", f"{e}: free some space or move data_dir")) from None
+
+
+def checkpoint_bytes(params: int) -> int:
+    """``last.pt`` and ``best.pt``: weights, AdamW's two moments and the temporary copy of an atomic save."""
+    return params * 4 * 5 + 5_000_000
+
+
+def check_space_for_training(config: PipelineConfig, params: int | None) -> None:
+    if not params:
+        return
+    try:
+        check_free_space(config.data_dir / "runs", checkpoint_bytes(params))
+    except DiskFullError as e:
+        raise StageFailed(failed_summary("train", f"{e}: free some space or move data_dir")) from None
+
+
+def check_tracking_store(uri: str) -> None:
+    from tasks import tracking
+
+    try:
+        tracking.check_store(uri)
+    except UserError as e:
+        raise StageFailed(failed_summary("train", str(e)), user_error=True) from None
+    except ServiceUnavailable as e:
+        raise StageFailed(failed_summary("train", str(e))) from None
