@@ -60,11 +60,59 @@ def use_store(cfg: MlflowConfig) -> str:
     return uri
 
 
+# MLflow 3's UI shows an experiment without this tag as a GenAI one (Traces, Latency, Token usage); this value opens
+# it in the classic model-training view (runs, charts, models).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(name: str, uri: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return mlflow.create_experiment(name, artifact_location=_artifact_root(uri))
+    if exp is None:
+        exp_id = mlflow.create_experiment(name, artifact_location=_artifact_root(uri),
+                                          tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    else:
+        exp_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older version, or by hand
+            MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp_id
+
+
+# -- metric names: grouped by split in the UI (its chart sections follow the part before the first "/") --------
+SPLITS = ("train", "val", "test")
+_RENAMED = {"lr": "optim/lr", "best_epoch": "val/best_epoch", "challenger_score": "registry/challenger_score",
+            "incumbent_score": "registry/incumbent_score"}
+_UNRENAMED = {v: k for k, v in _RENAMED.items()}
+
+
+def metric_name(key: str) -> str:
+    """The training loop's flat names as MLflow shows them: ``train_loss`` -> ``train/loss``, ``best_val_f1`` ->
+    ``val/best_f1``, ``epoch_seconds`` -> ``time/epoch_seconds``, ``lr`` -> ``optim/lr``."""
+    if "/" in key:
+        return key
+    if key in _RENAMED:
+        return _RENAMED[key]
+    if key.endswith("_seconds"):
+        return f"time/{key}"
+    for split in SPLITS:
+        if key.startswith(f"best_{split}_"):
+            return f"{split}/best_{key[len(split) + 6:]}"
+        if key.startswith(f"{split}_"):
+            return f"{split}/{key[len(split) + 1:]}"
+    return key
+
+
+def internal_metric_name(name: str) -> str:
+    """Inverse of :func:`metric_name`, so a reused run reports the same keys as a fresh training."""
+    if name in _UNRENAMED:
+        return _UNRENAMED[name]
+    group, sep, rest = name.partition("/")
+    if not sep:
+        return name
+    if group == "time":
+        return rest
+    if group in SPLITS:
+        return f"best_{group}_{rest[5:]}" if rest.startswith("best_") else f"{group}_{rest}"
+    return name
 
 
 class MlflowReporter:
@@ -75,7 +123,7 @@ class MlflowReporter:
         self.client = MlflowClient()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+        clean = {metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
         mlflow.log_metrics(clean, step=int(epoch), run_id=self.run_id)
 
 
@@ -100,15 +148,40 @@ def find_reusable_run(experiment: str, train_key: str, model_name: str) -> dict[
             versions = []
         if versions:
             v = max(versions, key=lambda mv: int(mv.version))
-            return {"run_id": run.info.run_id, "version": int(v.version), "metrics": dict(run.data.metrics)}
+            metrics = {internal_metric_name(k): m for k, m in run.data.metrics.items()}
+            return {"run_id": run.info.run_id, "version": int(v.version), "metrics": metrics}
     return None
+
+
+def code_version_tags(root: Path | None = None) -> dict[str, str]:
+    """Which code trained the run: the git commit (and whether the tree had uncommitted changes) when the project is
+    a git checkout, and always the package version. ``mlflow.source.git.commit`` is the tag the UI shows."""
+    import importlib.metadata
+    import subprocess
+
+    root = root or Path(__file__).resolve().parents[1]
+    try:
+        tags = {"code.version": importlib.metadata.version("vivit-pipeline")}
+    except importlib.metadata.PackageNotFoundError:
+        tags = {"code.version": "unknown"}
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0 and commit.stdout.strip():
+            dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=10).stdout.strip()
+            tags |= {"mlflow.source.git.commit": commit.stdout.strip(), "code.git_commit": commit.stdout.strip(),
+                     "code.git_dirty": str(bool(dirty)).lower()}
+    except (OSError, subprocess.SubprocessError):  # no git binary: the package version has to do
+        pass
+    return tags
 
 
 @contextmanager
 def training_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
     uri = mlflow.get_tracking_uri()
     exp_id = ensure_experiment(experiment, uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={**code_version_tags(), **tags}) as run:
         yield run.info.run_id
 
 
@@ -128,6 +201,13 @@ def log_params(params: dict[str, Any]) -> None:
     mlflow.log_params(flat)
 
 
+def log_config(config: Any, name: str = "config.yaml") -> None:
+    """The whole config as a YAML artifact (params hold only what determines the model)."""
+    import yaml
+
+    mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), name)
+
+
 def log_dataset(manifest_path: Path, fingerprint: str, name: str) -> None:
     import pandas as pd
 
@@ -137,7 +217,8 @@ def log_dataset(manifest_path: Path, fingerprint: str, name: str) -> None:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=step)
+    mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)},
+                       step=step)
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
@@ -304,7 +385,8 @@ def register_and_promote(model_uri: str, name: str, run_id: str, score: float, m
         decision, champion_version = "first_champion", version
     else:
         incumbent_run = client.get_run(champ.run_id) if champ.run_id else None
-        incumbent_score = (incumbent_run.data.metrics.get(metric) if incumbent_run else None)
+        scores = incumbent_run.data.metrics if incumbent_run else {}
+        incumbent_score = scores.get(metric_name(metric), scores.get(metric))  # runs logged before the renaming
         if incumbent_score is None or score > incumbent_score:
             decision, champion_version = "promoted", version
         else:
@@ -317,9 +399,9 @@ def register_and_promote(model_uri: str, name: str, run_id: str, score: float, m
     for k, v in with_run.items():
         client.set_tag(run_id, k, str(v))
     _register_video_model(run_id, f"{name}{VIDEO_SUFFIX}", promote=champion_version == version)
-    client.log_metric(run_id, "challenger_score", float(score))
+    client.log_metric(run_id, metric_name("challenger_score"), float(score))
     if incumbent_score is not None:
-        client.log_metric(run_id, "incumbent_score", float(incumbent_score))
+        client.log_metric(run_id, metric_name("incumbent_score"), float(incumbent_score))
     return Registration(name, version, champion_version, decision, float(score), incumbent_score)
 
 

@@ -40,12 +40,15 @@ def read_dataset_info(dataset_dir: Path) -> dict[str, Any]:
     return info
 
 
+TRAIN_KEY_EXCLUDES = {"resume", "num_workers", "device"}  # how training runs, not what it learns
+
+
 def train_key(config: PipelineConfig, dataset_info: dict[str, Any]) -> str:
     """What determines the trained model: the dataset's content fingerprint, the training options and the seed.
     The same key means training again would reproduce the registered model."""
     payload = {
         "dataset": dataset_info.get("fingerprint"),
-        "train": config.train.model_dump(mode="json", exclude={"resume", "num_workers", "device"}),
+        "train": config.train.model_dump(mode="json", exclude=TRAIN_KEY_EXCLUDES),
         "seed": config.seed,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -125,9 +128,10 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
     started = time.time()
     with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}", tags) as run_id:
         cost = describe(config.train.model, num_frames=num_frames, image_size=size)
-        tracking.log_params(
+        tracking.log_params(  # what determines the model (what train_key hashes); the whole config is config.yaml
             {
-                "config": config.model_dump(mode="json", exclude={"mlflow"}),
+                "train": config.train.model_dump(mode="json", exclude=TRAIN_KEY_EXCLUDES),
+                "seed": config.seed,
                 "preset": config.train.model,
                 "preset_params": cost.get("params"),
                 "preset_gflops_per_clip": cost.get("gflops"),
@@ -137,6 +141,7 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
                 "split_counts": dataset_info.get("split_counts"),
             }
         )
+        tracking.log_config(config)
         tracking.log_dataset(config.dataset_dir / "manifest.parquet", str(dataset_info.get("fingerprint")), "kinetics-frames")
         callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(options.epochs))
         result = fit(config.dataset_dir, options, work_dir=work_dir, callback=callback)
@@ -153,9 +158,11 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
         tracking.log_metrics(final)
 
         out = work_dir / "report"
-        figures = [plots.learning_curves(result.history, out / "learning_curves.png")]
+        figures = [plots.learning_curves(result.history, out / "learning_curves.png", result.best_epoch)]
         if test.get("confusion_matrix"):
             figures.append(plots.confusion_matrix(test["confusion_matrix"], classes, out / "confusion_matrix.png"))
+            figures.append(plots.confusion_matrix(test["confusion_matrix"], classes,
+                                                  out / "confusion_matrix_normalized.png", normalize=True))
         tracking.log_artifacts(figures, "plots")
         predictions = result.test_predictions
         if predictions is not None and len(predictions):

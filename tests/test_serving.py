@@ -186,3 +186,17 @@ def test_cli_errors_for_an_unknown_model_and_bad_options(registered, tmp_path):
     assert proc.returncode == 2 and "cannot load model" in proc.stderr
     proc = _vivit([str(registered["videos"][0]), "--stride", "1", "--tracking-uri", uri], tmp_path)
     assert proc.returncode == 2 and "--stride needs --window" in proc.stderr
+
+
+@pytest.mark.slow
+def test_predict_flow_has_the_same_options(prefect_harness, registered, tmp_path):
+    from flows.predict import predict_flow
+
+    out = tmp_path / "res.jsonl"
+    clips = registered["dir"] / "clips"
+    results = predict_flow(videos=[str(clips), str(tmp_path / "missing.mp4")], model_uri=None,
+                           tracking_uri=registered["cfg"].tracking_uri, top_k=2, window=1.0, stride=1.0,
+                           batch_size=2, output=str(out))
+    assert [r["path"] for r in results] == [*(str(v) for v in registered["videos"]), str(tmp_path / "missing.mp4")]
+    assert all(len(r["top_k"]) == 2 and r["segments"] for r in results[:3]) and results[3]["error"] == "file not found"
+    assert [json.loads(line) for line in out.read_text().splitlines()] == results
