@@ -113,9 +113,13 @@ def _next_steps(cfg, summaries: list[dict]) -> None:
     train = next((s for s in summaries if s["stage"] == "train" and not s.get("failed")), None)
     if not train:
         return
+    from tasks import tracking
+
     uri = train["result"]["tracking_uri"]
+    exp_id = tracking.experiment_id(cfg.mlflow.experiment)
+    page = tracking.experiment_url("http://127.0.0.1:5000", exp_id) if exp_id else "http://127.0.0.1:5000"
     print("\nNext:")
-    print(f"   mlflow ui --backend-store-uri {uri} --port 5000      # then open http://127.0.0.1:5000")
+    print(f"   mlflow ui --backend-store-uri {uri} --port 5000      # then open {page}")
     print(f"   vivit predict VIDEO.mp4 --model models:/{cfg.mlflow.model_name}@champion --tracking-uri {uri}")
     print(f"   mlflow models serve -m models:/{cfg.mlflow.model_name}@champion --env-manager local --port 5001"
           f"   # with MLFLOW_TRACKING_URI={uri}")

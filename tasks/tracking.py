@@ -77,6 +77,19 @@ def ensure_experiment(name: str, uri: str) -> str:
     return exp_id
 
 
+def experiment_url(ui: str, experiment_id: str, charts: bool = False) -> str:
+    """The experiment in the UI's classic model-training view. MLflow 3.17's UI opens every experiment in its GenAI
+    view unless the browser was switched before (a per-browser setting) or the link says ``workflowType``; the
+    experiment kind tag alone does not switch it yet (checked with a headless browser in tests/test_mlflow_ui.py)."""
+    query = "workflowType=machine_learning" + ("&compareRunsMode=CHART" if charts else "")
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def experiment_id(name: str) -> str | None:
+    exp = mlflow.get_experiment_by_name(name)
+    return exp.experiment_id if exp else None
+
+
 # -- metric names: grouped by split in the UI (its chart sections follow the part before the first "/") --------
 SPLITS = ("train", "val", "test")
 _RENAMED = {"lr": "optim/lr", "best_epoch": "val/best_epoch", "challenger_score": "registry/challenger_score",
