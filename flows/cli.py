@@ -116,6 +116,7 @@ def _next_steps(cfg, summaries: list[dict]) -> None:
     from tasks import tracking
 
     uri = train["result"]["tracking_uri"]
+    tracking.use_store(cfg.mlflow.model_copy(update={"tracking_uri": uri}))
     exp_id = tracking.experiment_id(cfg.mlflow.experiment)
     page = tracking.experiment_url("http://127.0.0.1:5000", exp_id) if exp_id else "http://127.0.0.1:5000"
     print("\nNext:")

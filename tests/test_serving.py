@@ -42,7 +42,8 @@ def registered(tmp_path_factory):
     """A store with model ``clf`` (and ``clf-video``) v1 as champion, and some videos."""
     d = tmp_path_factory.mktemp("serving")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    cfg = MlflowConfig(tracking_uri=f"sqlite:///{d / 'mlflow.db'}", experiment="serve", model_name="clf")
+    (d / "mlruns").mkdir()  # where `vivit` looks by default, as after `make run` in that folder
+    cfg = MlflowConfig(tracking_uri=f"sqlite:///{d / 'mlruns' / 'mlflow.db'}", experiment="serve", model_name="clf")
     tracking.use_store(cfg)
     clf = _classifier()
     with tracking.training_run(cfg.experiment, "r", {}) as run_id:
@@ -91,6 +92,8 @@ def test_video_pyfunc_samples_like_training(registered):
     np.testing.assert_allclose(out.loc[:1, CLASSES].to_numpy(), _expected(registered["clf"], frames), atol=1e-5)
     assert list(out.loc[:1, "error"]) == ["", ""] and out.loc[2, "error"].startswith("unreadable")
     assert list(out.loc[:1, "label"]) == [CLASSES[i] for i in out.loc[:1, CLASSES].to_numpy().argmax(1)]
+    only_paths = model.predict(pd.DataFrame({"path": [str(v0)]}))
+    np.testing.assert_allclose(only_paths[CLASSES].to_numpy(), out.loc[:0, CLASSES].to_numpy(), atol=1e-6)
 
 
 def _free_port() -> int:
@@ -159,13 +162,13 @@ def _vivit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_predicts_a_folder_with_top_k_and_the_default_model(registered, tmp_path):
-    """No --model and no --config: the store's only champion (``clf``) is used, as after ``make run``."""
+    """No --model, --config or --tracking-uri: ``./mlruns`` and its only champion (``clf``) are used, as after
+    ``make run`` (which registers ``vivit-demo`` there)."""
     d = registered["dir"]
-    proc = _vivit([str(d / "clips"), "--top-k", "2", "--tracking-uri", registered["cfg"].tracking_uri,
-                   "--batch-size", "2"], tmp_path)
+    proc = _vivit(["clips", "--top-k", "2", "--batch-size", "2"], d)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
-    assert [r["path"] for r in lines] == [str(v) for v in registered["videos"]]
+    assert [r["path"] for r in lines] == [f"clips/{v.name}" for v in registered["videos"]]
     for r in lines:
         assert len(r["top_k"]) == 2 and r["top_k"][0]["label"] == r["label"]
         assert r["top_k"][0]["p"] >= r["top_k"][1]["p"] and "p_positive" not in r
