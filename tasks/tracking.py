@@ -279,9 +279,7 @@ def _frames_array(model_input: Any) -> np.ndarray:
     return arr
 
 
-# pyfunc's advice to type-hint predict() would switch on hint-based validation, which the explicit signatures
-# below already do; and an input example of real clips would be megabytes of JSON.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+# An input example of real clips would be megabytes of JSON: the explicit signatures below say it all.
 warnings.filterwarnings("ignore", message=".*An input example was not provided")
 
 
@@ -289,6 +287,9 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc face of a :class:`model.predict.VideoClassifier`: uint8 ``(B, T, S, S, 3)`` in, a DataFrame of
     per-class probabilities (columns = class names) out. ``classifier`` stays reachable for PyTorch users through
     ``unwrap_python_model()``; :func:`load_classifier` does that."""
+
+    # The explicit signatures validate inputs; MLflow's type-hint wrapper (and its warning) would only add a layer.
+    _skip_type_hint_validation = True
 
     def __init__(self, classifier: Any) -> None:
         self.classifier = classifier
