@@ -83,6 +83,8 @@ class TrainOptions:
     num_workers: int = 0
     resume: bool = True
     single_frame: bool = False
+    init: str | None = None  # pretrained checkpoint (model/pretrained.py): a folder or a Hugging Face hub id
+    init_inflation: str = "central"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -347,7 +349,14 @@ def fit(dataset_dir: Path, options: TrainOptions, *, work_dir: Path, callback: T
     notes: list[str] = []
 
     seed_everything(opts.seed)
-    network = build_model(opts.model, num_classes=k, num_frames=info.num_frames, image_size=info.image_size)
+    if opts.init:
+        from model.pretrained import build_pretrained
+
+        preset = get_config(opts.model, num_classes=k, num_frames=info.num_frames, image_size=info.image_size)
+        network, init_notes = build_pretrained(opts.init, preset, inflation=opts.init_inflation)
+        notes += init_notes
+    else:
+        network = build_model(opts.model, num_classes=k, num_frames=info.num_frames, image_size=info.image_size)
     model = (SingleFrame(network) if opts.single_frame else network).to(device)
     forward = torch.compile(model) if opts.compile else model
 

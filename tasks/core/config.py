@@ -107,6 +107,10 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
     single_frame: bool = Field(False, description="ablation: feed only the middle frame")
+    init: str | None = Field(None, description="pretrained start: a checkpoint folder or a Hugging Face hub id "
+                             "(ViViT -> joint model, image ViT -> factorised encoder); null: from scratch")
+    init_inflation: Literal["central", "filter"] = Field(
+        "central", description="image ViT patch embedding into tubelets: central frame or filter (averaged) inflation")
 
 
 class MlflowConfig(_Strict):
