@@ -56,7 +56,7 @@ def test_inputs_expand_in_order(clips, tmp_path):
     table.write_text('label,path\nx,v2.mp4\ny,"sub/deep.webm"\n')
     (tmp_path / "empty").mkdir()
     items = list(expand_inputs([str(d / "in"), str(listed), str(table), str(d / "in" / "v*.mp4"),
-                                str(tmp_path / "nope.mp4"), str(tmp_path / "empty"), str(tmp_path / "*.webm")]))
+                                str(tmp_path / "nope.mp4"), str(tmp_path / "empty"), str(tmp_path / "*.webm"), ""]))
     paths = [i.path for i in items]
     folder = [str(clips[k]) for k in ("deep", "v0", "v1", "v2")]
     folder.sort()
@@ -68,6 +68,7 @@ def test_inputs_expand_in_order(clips, tmp_path):
         (str(tmp_path / "nope.mp4"), "file not found"),
         (str(tmp_path / "empty"), items[12].error),
         (str(tmp_path / "*.webm"), "no file matches this pattern"),
+        ("", "empty path"),  # not the current folder
     ]
     assert "no video files" in items[12].error and all(i.error is None for i in items[:11])
 

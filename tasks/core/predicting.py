@@ -88,7 +88,9 @@ def expand_inputs(args: Iterable[str], *, _in_list: bool = False) -> Iterator[It
     """Every video the arguments name, in argument order (sorted within a folder or glob)."""
     for arg in args:
         p = Path(arg)
-        if p.is_dir():
+        if not str(arg).strip():
+            yield Item(str(arg), "empty path")
+        elif p.is_dir():
             found = _videos_under(p)
             if not found:
                 yield Item(arg, f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) under this folder")
