@@ -15,6 +15,9 @@
   imported then), and ``HF_HUB_OFFLINE=1`` limits it to the local cache. ``.bin`` weights load with
   ``torch.load(weights_only=True)``.
 
+:func:`freeze` then keeps part of it fixed (``train.freeze``): ``backbone`` (a linear probe: only the head
+learns) or the first N blocks (with the embeddings before them).
+
 Not done here (see README): VideoMAE checkpoints (no CLS token, fixed sinusoidal positions, q/v-only biases,
 exact GELU and a mean-pooling norm: a different block), and taking the normalisation mean/std from the
 checkpoint's processor (the project normalises with ImageNet's statistics everywhere).
@@ -226,3 +229,34 @@ def _load(model: ViViT, weights: dict[str, torch.Tensor]) -> None:
         if own[k].shape != v.shape:
             raise PretrainedError(f"{k}: checkpoint shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
     model.load_state_dict(weights, strict=False)
+
+
+# -- freezing ---------------------------------------------------------------------------------------------------
+def _first_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks input meets first: the joint encoder's, the spatial encoder's, or model 3's."""
+    for name in ("encoder", "spatial"):
+        if hasattr(model, name):
+            return list(getattr(model, name).blocks)
+    return list(getattr(model, "blocks", []))
+
+
+def freeze(model: torch.nn.Module, spec: str | int) -> int:
+    """Stop gradients into part of ``model``; returns how many parameters are frozen. ``"none"``; ``"backbone"``:
+    everything but ``head``; ``N``: the patch/tubelet embedding, CLS tokens, position embeddings and the first N
+    blocks. The optimiser only gets parameters that still require gradients."""
+    if spec in ("none", 0, None):
+        return 0
+    if spec == "backbone":
+        frozen = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    elif isinstance(spec, int) and spec > 0:
+        blocks = _first_blocks(model)
+        if spec > len(blocks):
+            raise PretrainedError(f"train.freeze={spec}, but the first encoder has only {len(blocks)} blocks")
+        frozen = [p for n, p in model.named_parameters()
+                  if n.startswith("patch_embed.") or n.endswith(("cls_token", "pos_embed"))]
+        frozen += [p for b in blocks[:spec] for p in b.parameters()]
+    else:
+        raise PretrainedError(f"train.freeze must be 'none', 'backbone' or a positive number of blocks, got {spec!r}")
+    for p in frozen:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen)

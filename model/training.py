@@ -85,6 +85,7 @@ class TrainOptions:
     single_frame: bool = False
     init: str | None = None  # pretrained checkpoint (model/pretrained.py): a folder or a Hugging Face hub id
     init_inflation: str = "central"
+    freeze: str | int = "none"  # "backbone" or the first N blocks (model/pretrained.py:freeze)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -357,6 +358,10 @@ def fit(dataset_dir: Path, options: TrainOptions, *, work_dir: Path, callback: T
         notes += init_notes
     else:
         network = build_model(opts.model, num_classes=k, num_frames=info.num_frames, image_size=info.image_size)
+    if opts.freeze not in ("none", 0, None):
+        from model.pretrained import freeze
+
+        notes.append(f"train.freeze={opts.freeze}: {freeze(network, opts.freeze):,} parameters frozen")
     model = (SingleFrame(network) if opts.single_frame else network).to(device)
     forward = torch.compile(model) if opts.compile else model
 

@@ -128,3 +128,27 @@ def test_a_fine_tune_runs_and_registers(prefect_harness, vivit_ckpt, vit_ckpt, t
         assert clf.network.config.variant == variant and clf.network.config.dim == 32
         out = clf(torch.from_numpy(np.zeros((1, T, S, S, 3), np.uint8)))
         assert out.shape == (1, 2)
+
+
+@pytest.mark.parametrize("spec", ["backbone", 1])
+def test_freezing_keeps_the_pretrained_weights(vivit_ckpt, tmp_path, spec, torch_one_thread):
+    from model.training import TrainOptions, fit
+    from tests.support.tiny_dataset import noise_dataset
+
+    folder, _ = vivit_ckpt
+    data = noise_dataset(tmp_path / "data", counts={"train": [4, 4], "val": [2, 2]}, num_frames=T, size=S)
+    opts = TrainOptions(epochs=2, batch_size=4, patience=None, init=str(folder), freeze=spec, lr=1e-2, augment=False)
+    result = fit(data, opts, work_dir=tmp_path / "run")
+    source, _ = build_pretrained(str(folder), _preset("vivit-fe-tiny"))
+    trained = dict(result.model.named_parameters())
+    same = {n for n, p in source.named_parameters() if torch.equal(p, trained[n])}
+    assert any("frozen" in note for note in result.notes)
+    if spec == "backbone":
+        assert same == {n for n in trained if not n.startswith("head.")}
+    else:
+        assert {n for n in trained if n.startswith(("patch_embed.", "encoder.blocks.0."))} <= same
+        assert "pos_embed" in same and not any(n.startswith("encoder.blocks.1.") for n in same)
+    with pytest.raises(PretrainedError, match="only 2 blocks"):
+        from model.pretrained import freeze
+
+        freeze(source, 3)

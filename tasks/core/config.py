@@ -111,6 +111,15 @@ class TrainConfig(_Strict):
                              "(ViViT -> joint model, image ViT -> factorised encoder); null: from scratch")
     init_inflation: Literal["central", "filter"] = Field(
         "central", description="image ViT patch embedding into tubelets: central frame or filter (averaged) inflation")
+    freeze: Literal["none", "backbone"] | int = Field(
+        "none", description="keep weights fixed: none, backbone (linear probe: only the head learns) or the first N blocks")
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("train.freeze must be none, backbone or a number of blocks >= 0")
+        return v
 
 
 class MlflowConfig(_Strict):
