@@ -30,6 +30,20 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="refuse instead of waiting when another run holds the data_dir or MLflow store")
 
 
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vivit", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -46,11 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated subset, e.g. filter,frames")
     p.add_argument("--from", dest="start", help="run from this stage to the end")
     p.add_argument("--force-train", action="store_true", help="train even if an identical run is registered")
-    p = sub.add_parser("predict", help="classify videos with a registered model")
-    p.add_argument("videos", nargs="+", help="video files")
-    p.add_argument("--model", default=None, help="model URI (default models:/<mlflow.model_name>@champion)")
+    p = sub.add_parser("predict", help="classify videos, folders, globs or list files with a registered model")
+    p.add_argument("videos", nargs="+", help="video files, folders (searched recursively), globs ('clips/*.mp4'), "
+                   "or .txt/.csv lists of paths")
+    p.add_argument("--model", default=None,
+                   help="model URI (default models:/<mlflow.model_name>@champion of --config; without --config the "
+                        "one registered model with a champion)")
     _config_args(p)
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: config, env, ./mlruns)")
+    p.add_argument("--top-k", type=_positive_int, default=None, help="add the K most probable classes to each result")
+    p.add_argument("--output", "-o", type=Path, default=None,
+                   help="write results to FILE.jsonl or FILE.csv instead of stdout")
+    p.add_argument("--window", type=_positive_float, default=None, metavar="SECONDS",
+                   help="classify windows of this many seconds (long videos): per-segment results plus their mean")
+    p.add_argument("--stride", type=_positive_float, default=None, metavar="SECONDS",
+                   help="seconds between window starts (default: the window, i.e. no overlap)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="clips per forward pass (bounds memory)")
     p = sub.add_parser("demo-data", help="write the offline synthetic Kinetics-format demo dataset")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-dribbling", type=int, default=None)
@@ -96,10 +121,17 @@ def _next_steps(cfg, summaries: list[dict]) -> None:
     train = next((s for s in summaries if s["stage"] == "train" and not s.get("failed")), None)
     if not train:
         return
+    from tasks import tracking
+
     uri = train["result"]["tracking_uri"]
+    tracking.use_store(cfg.mlflow.model_copy(update={"tracking_uri": uri}))
+    exp_id = tracking.experiment_id(cfg.mlflow.experiment)
+    page = tracking.experiment_url("http://127.0.0.1:5000", exp_id) if exp_id else "http://127.0.0.1:5000"
     print("\nNext:")
-    print(f"   mlflow ui --backend-store-uri {uri} --port 5000      # then open http://127.0.0.1:5000")
+    print(f"   mlflow ui --backend-store-uri {uri} --port 5000      # then open {page}")
     print(f"   vivit predict VIDEO.mp4 --model models:/{cfg.mlflow.model_name}@champion --tracking-uri {uri}")
+    print(f"   mlflow models serve -m models:/{cfg.mlflow.model_name}@champion --env-manager local --port 5001"
+          f"   # with MLFLOW_TRACKING_URI={uri}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,20 +334,69 @@ def own_prefect_server():
 
 def _predict(cfg, args) -> int:
     from tasks import tracking
-    from tasks.predict import classify_videos
+    from tasks.core.predicting import ResultWriter, expand_inputs
+    from tasks.predict import stream_predictions
 
+    if args.stride is not None and args.window is None:
+        print("vivit: --stride needs --window", file=sys.stderr)
+        return EXIT_USAGE
     uri = args.tracking_uri or tracking.resolve_tracking_uri(cfg.mlflow, create=False)
-    model_uri = args.model or f"models:/{cfg.mlflow.model_name}@champion"
     tracking.require_existing_store(uri)  # a missing SQLite file would be created, empty
     try:
+        tracking.use_store(cfg.mlflow.model_copy(update={"tracking_uri": uri}))
+        model_uri = args.model or tracking.default_model_uri(cfg.mlflow.model_name, explicit=args.config is not None)
         classifier = tracking.load_classifier(model_uri, uri)
     except Exception as e:  # noqa: BLE001 - any load failure is reported the same way
-        print(f"vivit: cannot load model {model_uri} from {uri}: {e}", file=sys.stderr)
+        print(f"vivit: cannot load model {args.model or '(default)'} from {uri}: {e}", file=sys.stderr)
         return EXIT_USAGE
-    results = classify_videos(classifier, list(args.videos))
-    for r in results:
-        print(json.dumps(r))
-    return EXIT_STAGE_FAILED if any("error" in r for r in results) else EXIT_OK
+    try:
+        writer = ResultWriter(args.output, classifier.classes, args.top_k) if args.output else None
+    except ValueError as e:
+        print(f"vivit: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    items = list(expand_inputs(args.videos))
+    bar = _progress_bar(len(items))
+    failed = done = 0
+    ok = False
+    try:
+        for r in stream_predictions(classifier, items, batch_size=args.batch_size, window=args.window,
+                                    stride=args.stride, top_k=args.top_k):
+            failed += "error" in r
+            done += 1
+            if writer:
+                writer.write(r)
+            else:
+                print(json.dumps(r), flush=True)
+            bar(done)
+        ok = True
+    finally:
+        bar(None)
+        if writer:
+            writer.close(ok)
+    if writer:
+        print(f"wrote {args.output}: {done} videos, {failed} failed", file=sys.stderr)
+    return EXIT_STAGE_FAILED if failed else EXIT_OK
+
+
+def _progress_bar(total: int):
+    """A bar on stderr when it is a terminal (stdout stays clean JSON lines); nothing otherwise."""
+    if not sys.stderr.isatty() or total == 0:
+        return lambda done: None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True)
+    progress.start()
+    task = progress.add_task("predict", total=total)
+
+    def update(done: int | None) -> None:
+        if done is None:
+            progress.stop()
+        else:
+            progress.update(task, completed=done)
+
+    return update
 
 
 if __name__ == "__main__":

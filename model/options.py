@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model.presets import DEFAULT_PRESET, PRESETS
 from model.views import ViewSpec
@@ -59,6 +59,19 @@ class TrainOptions(BaseModel):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
     single_frame: bool = Field(False, description="ablation: feed only the middle position of each view")
+    init: str | None = Field(None, description="pretrained start: a checkpoint folder or a Hugging Face hub id "
+                             "(ViViT -> joint model, image ViT -> factorised encoder); null: from scratch")
+    init_inflation: Literal["central", "filter"] = Field(
+        "central", description="image ViT patch embedding into tubelets: central frame or filter (averaged) inflation")
+    freeze: Literal["none", "backbone"] | int = Field(
+        "none", description="keep weights fixed: none, backbone (linear probe: only the head learns) or the first N blocks")
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("train.freeze must be none, backbone or a number of blocks >= 0")
+        return v
 
     @field_validator("model")
     @classmethod
@@ -68,6 +81,13 @@ class TrainOptions(BaseModel):
             hint = f"did you mean {close}? " if close else ""
             raise ValueError(f"unknown preset {v!r}: {hint}presets are {sorted(PRESETS)} (vivit presets lists them)")
         return v
+
+    @model_validator(mode="after")
+    def _pretrained_sees_rgb(self) -> "TrainOptions":
+        if self.init and self.input != "rgb":
+            raise ValueError(f"a pretrained start (train.init) was trained on RGB frames, not on '{self.input}': "
+                             "set train.input: rgb (and train.view_frames / frames.size to the checkpoint's)")
+        return self
 
     @property
     def view(self) -> ViewSpec:

@@ -328,7 +328,7 @@ class TrainState:
         return True
 
 
-def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path) -> _Run:
+def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path, notes: list[str]) -> _Run:
     info = load_dataset(Path(dataset_dir))
     k = len(info.classes)
     train_rows = info.split("train")
@@ -343,7 +343,17 @@ def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path) -> 
     get_config(opts.model, **build)  # fail early, with the preset's own message
     device = resolve_device(opts.device)
     seed_everything(seed)
-    network = build_model(opts.model, **build)
+    if opts.init:
+        from model.pretrained import build_pretrained
+
+        network, init_notes = build_pretrained(opts.init, get_config(opts.model, **build), inflation=opts.init_inflation)
+        notes.extend(init_notes)
+    else:
+        network = build_model(opts.model, **build)
+    if opts.freeze not in ("none", 0, None):
+        from model.pretrained import freeze
+
+        notes.append(f"train.freeze={opts.freeze}: {freeze(network, opts.freeze):,} parameters frozen")
     model = (SingleFrame(network) if opts.single_frame else network).to(device)
 
     def dataset(rows: pd.DataFrame, training: bool) -> ClipDataset:
@@ -476,10 +486,12 @@ def fit(dataset_dir: Path, options: TrainOptions, *, seed: int = 0, work_dir: Pa
         callback: TrainCallback | None = None) -> TrainResult:
     """Train ``options.model`` on ``<dataset_dir>`` (split ``train``), select on the smoothed ``val`` macro F1,
     evaluate the best weights on ``test``; checkpoints under ``work_dir``. See the module docstring."""
-    run = _setup(Path(dataset_dir), options, seed, Path(work_dir))
+    notes: list[str] = []
+    run = _setup(Path(dataset_dir), options, seed, Path(work_dir), notes)
     state = _restore(run)
     resumed_from = state.epoch
-    notes = [f"resumed after epoch {resumed_from}"] if resumed_from else []
+    if resumed_from:
+        notes.append(f"resumed after epoch {resumed_from}")
     if not run.has_val:
         notes.append("the val split is empty: no early stopping, the last epoch is kept")
     for epoch in range(state.epoch + 1, options.epochs + 1):

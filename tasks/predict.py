@@ -1,56 +1,71 @@
 """Classify new videos with a registered model, sampling frames exactly as training did: the sampling
-parameters (frame count, size) travel with the logged model, never from the caller."""
+parameters (frame count, size) travel with the logged model, never from the caller. The logic is in
+:mod:`tasks.core.predicting`; this module adapts a loaded classifier to it and wraps it in Prefect tasks."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from prefect import task
 
-from tasks.core.sampling import SamplingError, sample_clip
+from tasks.core.predicting import predict_stream
 
 
-def classify_videos(classifier: Any, paths: list[str], batch_size: int = 8) -> list[dict[str, Any]]:
-    """One result per path, in order: ``{"path", "label", "probabilities"}`` (plus ``positive_class`` and
-    ``p_positive`` for a binary model) or ``{"path", "error"}``.
-    An unreadable video is a result, never an exception, so one bad file does not sink a batch."""
+def classify_fn(classifier: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 ``(B, T, S, S, 3)`` numpy -> probabilities ``(B, K)`` numpy, without autograd."""
     import torch
 
-    results: list[dict[str, Any] | None] = [None] * len(paths)
-    ok: list[tuple[int, np.ndarray]] = []
-    for i, p in enumerate(paths):
-        if not Path(p).is_file():
-            results[i] = {"path": p, "error": "file not found"}
-            continue
-        try:
-            ok.append((i, sample_clip(p, classifier.num_frames, classifier.image_size)))
-        except SamplingError as e:
-            results[i] = {"path": p, "error": str(e)}
-    for start in range(0, len(ok), batch_size):
-        chunk = ok[start : start + batch_size]
-        batch = torch.from_numpy(np.stack([f for _, f in chunk]))  # (B, T, H, W, 3) uint8
+    def classify(frames: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            probs = classifier(batch).float().cpu().numpy()
-        for (i, _), pr in zip(chunk, probs):
-            top = int(pr.argmax())
-            results[i] = {
-                "path": paths[i],
-                "label": classifier.classes[top],
-                "probabilities": {c: round(float(x), 6) for c, x in zip(classifier.classes, pr)},
-            }
-            if len(classifier.classes) == 2:  # binary: the positive class is the second, as in training
-                results[i] |= {"positive_class": classifier.classes[1], "p_positive": round(float(pr[1]), 6)}
-    return [r for r in results if r is not None]
+            return classifier(torch.from_numpy(np.ascontiguousarray(frames))).float().cpu().numpy()
+
+    return classify
+
+
+def stream_predictions(classifier: Any, inputs: Iterable[str], **options: Any) -> Iterator[dict[str, Any]]:
+    """:func:`tasks.core.predicting.predict_stream` with the classifier's own classes and sampling parameters."""
+    return predict_stream(classify_fn(classifier), classifier.classes, inputs, num_frames=classifier.num_frames,
+                          image_size=classifier.image_size, **options)
+
+
+def classify_videos(classifier: Any, paths: list[str], batch_size: int = 8, **options: Any) -> list[dict[str, Any]]:
+    """One result per video, in order: ``{"path", "label", "probabilities", ...}`` or ``{"path", "error"}``.
+    An unreadable video is a result, never an exception, so one bad file does not sink a batch."""
+    return list(stream_predictions(classifier, paths, batch_size=batch_size, **options))
 
 
 @task(name="load-model", retries=2, retry_delay_seconds=2)
-def load_model(model_uri: str, tracking_uri: str | None) -> Any:
-    from tasks.tracking import load_classifier
+def load_model(model_uri: str | None, tracking_uri: str | None) -> Any:
+    """``model_uri=None``: the one registered model with a champion (as ``vivit predict`` without ``--model``)."""
+    from tasks import tracking
+    from tasks.core.config import MlflowConfig
 
-    return load_classifier(model_uri, tracking_uri)
+    cfg = MlflowConfig(tracking_uri=tracking_uri)
+    uri = tracking.use_store(cfg)
+    return tracking.load_classifier(model_uri or tracking.default_model_uri(cfg.model_name, explicit=False), uri)
 
 
 @task(name="classify-videos")
-def classify_task(classifier: Any, paths: list[str]) -> list[dict[str, Any]]:
-    return classify_videos(classifier, paths)
+def classify_task(classifier: Any, videos: list[str], options: dict[str, Any], output: str | None = None) -> list[dict[str, Any]]:
+    """Streams into ``output`` (``.jsonl``/``.csv``) as results arrive, with a progress artifact in the UI."""
+    from prefect import get_run_logger
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from tasks.core.predicting import ResultWriter, expand_inputs
+
+    items = list(expand_inputs(videos))
+    logger = get_run_logger()
+    artifact = create_progress_artifact(0.0, key="predict-progress", description="videos classified")
+    writer = ResultWriter(output, classifier.classes, options.get("top_k")) if output else None
+    results: list[dict[str, Any]] = []
+    try:
+        for res in stream_predictions(classifier, items, **options):
+            results.append(res)
+            if writer:
+                writer.write(res)
+            update_progress_artifact(artifact, 100.0 * len(results) / max(1, len(items)))
+            logger.info("%d/%d %s: %s", len(results), len(items), res["path"], res.get("label") or res.get("error"))
+    finally:
+        if writer:
+            writer.close()
+    return results

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,12 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 import mlflow
+import mlflow.pyfunc
 import mlflow.pytorch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, Schema, TensorSpec
 import numpy as np
 
 from tasks.core import locks
@@ -38,6 +40,9 @@ from tasks.core.config import MlflowConfig
 from tasks.core.errors import ServiceUnavailable, UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# The champion is decided on the smoothed validation score that selected the epoch (model/training.py TrainState),
+# not on one epoch's raw val F1.
+SELECTION_METRIC = "best_val_score"
 DEFAULT_STORE = Path("mlruns")
 
 
@@ -159,11 +164,72 @@ def use_store(cfg: MlflowConfig) -> str:
     return uri
 
 
+# MLflow 3's UI shows an experiment without this tag as a GenAI one (Traces, Latency, Token usage); this value opens
+# it in the classic model-training view (runs, charts, models).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(name: str, uri: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return mlflow.create_experiment(name, artifact_location=_artifact_root(uri))
+    if exp is None:
+        exp_id = mlflow.create_experiment(name, artifact_location=_artifact_root(uri),
+                                          tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    else:
+        exp_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older version, or by hand
+            MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp_id
+
+
+def experiment_url(ui: str, experiment_id: str, charts: bool = False) -> str:
+    """The experiment in the UI's classic model-training view. MLflow 3.17's UI opens every experiment in its GenAI
+    view unless the browser was switched before (a per-browser setting) or the link says ``workflowType``; the
+    experiment kind tag alone does not switch it yet (checked with a headless browser in tests/test_mlflow_ui.py)."""
+    query = "workflowType=machine_learning" + ("&compareRunsMode=CHART" if charts else "")
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def experiment_id(name: str) -> str | None:
+    exp = mlflow.get_experiment_by_name(name)
+    return exp.experiment_id if exp else None
+
+
+# -- metric names: grouped by split in the UI (its chart sections follow the part before the first "/") --------
+SPLITS = ("train", "val", "test")
+_RENAMED = {"lr": "optim/lr", "best_epoch": "val/best_epoch", "challenger_score": "registry/challenger_score",
+            "incumbent_score": "registry/incumbent_score"}
+_UNRENAMED = {v: k for k, v in _RENAMED.items()}
+
+
+def metric_name(key: str) -> str:
+    """The training loop's flat names as MLflow shows them: ``train_loss`` -> ``train/loss``, ``best_val_f1`` ->
+    ``val/best_f1``, ``epoch_seconds`` -> ``time/epoch_seconds``, ``lr`` -> ``optim/lr``."""
+    if "/" in key:
+        return key
+    if key in _RENAMED:
+        return _RENAMED[key]
+    if key.endswith("_seconds"):
+        return f"time/{key}"
+    for split in SPLITS:
+        if key.startswith(f"best_{split}_"):
+            return f"{split}/best_{key[len(split) + 6:]}"
+        if key.startswith(f"{split}_"):
+            return f"{split}/{key[len(split) + 1:]}"
+    return key
+
+
+def internal_metric_name(name: str) -> str:
+    """Inverse of :func:`metric_name`, so a reused run reports the same keys as a fresh training."""
+    if name in _UNRENAMED:
+        return _UNRENAMED[name]
+    group, sep, rest = name.partition("/")
+    if not sep:
+        return name
+    if group == "time":
+        return rest
+    if group in SPLITS:
+        return f"best_{group}_{rest[5:]}" if rest.startswith("best_") else f"{group}_{rest}"
+    return name
 
 
 class MlflowReporter:
@@ -182,7 +248,7 @@ class MlflowReporter:
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.broken:
             return
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+        clean = {metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
         try:
             mlflow.log_metrics(clean, step=int(epoch), run_id=self.run_id)
         except Exception as e:  # noqa: BLE001 - the tracking store is not the training
@@ -242,10 +308,35 @@ def find_reusable_run(experiment: str, train_key: str, model_name: str) -> dict[
         if versions:
             v = max(versions, key=lambda mv: int(mv.version))
             if "registry.decision" not in run.data.tags:  # killed between registering and the aliases
-                promote(model_name, int(v.version), run.info.run_id,
-                        float(run.data.metrics.get("best_val_f1", float("nan"))))
-            return {"run_id": run.info.run_id, "version": int(v.version), "metrics": dict(run.data.metrics)}
+                score = run.data.metrics.get(metric_name(SELECTION_METRIC), run.data.metrics.get(SELECTION_METRIC))
+                promote(model_name, int(v.version), run.info.run_id, float("nan") if score is None else float(score))
+            metrics = {internal_metric_name(k): m for k, m in run.data.metrics.items()}
+            return {"run_id": run.info.run_id, "version": int(v.version), "metrics": metrics}
     return None
+
+
+def code_version_tags(root: Path | None = None) -> dict[str, str]:
+    """Which code trained the run: the git commit (and whether the tree had uncommitted changes) when the project is
+    a git checkout, and always the package version. ``mlflow.source.git.commit`` is the tag the UI shows."""
+    import importlib.metadata
+    import subprocess
+
+    root = root or Path(__file__).resolve().parents[1]
+    try:
+        tags = {"code.version": importlib.metadata.version("vivit-pipeline")}
+    except importlib.metadata.PackageNotFoundError:
+        tags = {"code.version": "unknown"}
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0 and commit.stdout.strip():
+            dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=10).stdout.strip()
+            tags |= {"mlflow.source.git.commit": commit.stdout.strip(), "code.git_commit": commit.stdout.strip(),
+                     "code.git_dirty": str(bool(dirty)).lower()}
+    except (OSError, subprocess.SubprocessError):  # no git binary: the package version has to do
+        pass
+    return tags
 
 
 @contextmanager
@@ -253,7 +344,8 @@ def training_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterat
     uri = mlflow.get_tracking_uri()
     exp_id = ensure_experiment(experiment, uri)
     reap_dead_runs(exp_id)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={**tags, **owner_tags()}) as run:
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name,
+                          tags={**code_version_tags(), **tags, **owner_tags()}) as run:
         yield run.info.run_id
 
 
@@ -273,6 +365,13 @@ def log_params(params: dict[str, Any]) -> None:
     mlflow.log_params(flat)
 
 
+def log_config(config: Any, name: str = "config.yaml") -> None:
+    """The whole config as a YAML artifact (params hold only what determines the model)."""
+    import yaml
+
+    mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), name)
+
+
 def log_dataset(manifest_path: Path, fingerprint: str, name: str) -> None:
     import pandas as pd
 
@@ -282,7 +381,8 @@ def log_dataset(manifest_path: Path, fingerprint: str, name: str) -> None:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}, step=step)
+    mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)},
+                       step=step)
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
@@ -298,27 +398,125 @@ def set_tags(tags: dict[str, Any]) -> None:
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def classifier_signature(num_frames: int, size: int, num_classes: int) -> ModelSignature:
-    """uint8 clips in, class probabilities out; -1 batch so any batch size is valid."""
+def classifier_signature(num_frames: int, size: int, classes: list[str] | int) -> ModelSignature:
+    """uint8 clips in (an *unnamed* tensor, -1 batch so any batch size is valid), one probability column per class
+    out. A named input tensor makes pyfunc hand the model a dict, which MLflow's PyTorch flavour and the REST server
+    then refuse ("PyTorch flavor does not support List or Dict input types")."""
+    names = [f"class_{i}" for i in range(classes)] if isinstance(classes, int) else list(classes)
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, num_frames, size, size, 3), "frames")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, num_frames, size, size, 3))]),
+        outputs=Schema([ColSpec("double", c) for c in names]),
     )
 
 
-def log_classifier(classifier, *, metadata: dict[str, Any]) -> str:
-    """Log the wrapped network (uint8 frames -> probabilities) and return its model URI."""
-    import model as model_pkg
+def video_signature(classes: list[str]) -> ModelSignature:
+    """Video files in (a ``path`` on the server's disk, or the file's ``content``: base64 in JSON), the label, the
+    error (empty when none) and one probability column per class out."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "path", required=False), ColSpec("binary", "content", required=False)]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("string", "error"), *(ColSpec("double", c) for c in classes)]),
+    )
 
-    sig = classifier_signature(metadata["num_frames"], metadata["image_size"], len(metadata["classes"]))
-    info = mlflow.pytorch.log_model(
-        classifier,
+
+def _frames_array(model_input: Any) -> np.ndarray:
+    """What pyfunc may hand over for the tensor signature: the array itself, or a dict/DataFrame wrapping it."""
+    if isinstance(model_input, dict) and len(model_input) == 1:
+        model_input = next(iter(model_input.values()))
+    arr = np.asarray(model_input)
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255 or not np.all(np.equal(np.mod(arr, 1), 0))):
+            raise ValueError("frames must be uint8 RGB values 0..255")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+# An input example of real clips would be megabytes of JSON: the explicit signatures below say it all.
+warnings.filterwarnings("ignore", message=".*An input example was not provided")
+
+
+class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc face of a :class:`model.predict.VideoClassifier`: uint8 ``(B, T, S, S, 3)`` in, a DataFrame of
+    per-class probabilities (columns = class names) out. ``classifier`` stays reachable for PyTorch users through
+    ``unwrap_python_model()``; :func:`load_classifier` does that."""
+
+    # The explicit signatures validate inputs; MLflow's type-hint wrapper (and its warning) would only add a layer.
+    _skip_type_hint_validation = True
+
+    def __init__(self, classifier: Any) -> None:
+        self.classifier = classifier
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 - pyfunc's interface
+        import pandas as pd
+        import torch
+
+        frames = _frames_array(model_input)
+        with torch.inference_mode():
+            probs = self.classifier(torch.from_numpy(np.ascontiguousarray(frames))).float().cpu().numpy()
+        return pd.DataFrame(probs.astype(np.float64), columns=list(self.classifier.classes))
+
+
+class VideoPyfunc(ClassifierPyfunc):
+    """Videos in (``path`` or ``content`` column), frames sampled exactly as the frames stage does (and checked as
+    the filter stage does), label + per-class probabilities out; a bad video gives a row with ``error`` set."""
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001
+        import pandas as pd
+
+        from tasks.predict import classify_videos
+
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        classes = list(self.classifier.classes)
+        with tempfile.TemporaryDirectory(prefix="vivit-serve-") as tmp:
+            paths = []
+            for i, row in enumerate(df.to_dict("records")):
+                content, path = row.get("content"), row.get("path")
+                if content is not None and not (isinstance(content, float) and np.isnan(content)):
+                    dest = Path(tmp) / f"video{i}"
+                    dest.write_bytes(bytes(content))
+                    paths.append(str(dest))
+                else:
+                    paths.append("" if path is None or (isinstance(path, float) and np.isnan(path)) else str(path))
+            results = classify_videos(self.classifier, paths)
+        rows = [{"label": r.get("label", ""), "error": r.get("error", ""),
+                 **{c: float(r["probabilities"][c]) if "probabilities" in r else float("nan") for c in classes}}
+                for r in results]
+        return pd.DataFrame(rows, columns=["label", "error", *classes])
+
+
+def _code_paths() -> list[str]:
+    """The packages a served model imports: ``model`` (the network) and ``tasks`` (these pyfunc classes, sampling)."""
+    import model as model_pkg
+    import tasks as tasks_pkg
+
+    return [str(Path(model_pkg.__file__).parent), str(Path(tasks_pkg.__file__).parent)]
+
+
+REQUIREMENTS = ["torch==2.13.0", "einops==0.8.2", "numpy", "pandas", "av==18.1.0", "prefect==3.8.8", "pydantic",
+                "pyyaml"]
+
+
+def log_classifier(classifier, *, metadata: dict[str, Any]) -> str:
+    """Log the classifier twice under the run: ``model`` (uint8 frames -> probabilities, the registered one) and
+    ``video_model`` (video files -> label + probabilities). Returns the URI of ``model``."""
+    import copy
+
+    cpu = copy.deepcopy(classifier).cpu().eval()
+    classes = list(metadata["classes"])
+    info = mlflow.pyfunc.log_model(
         name="model",
-        signature=sig,
-        serialization_format="pickle",
-        code_paths=[str(Path(model_pkg.__file__).parent)],
+        python_model=ClassifierPyfunc(cpu),
+        signature=classifier_signature(metadata["num_frames"], metadata["image_size"], classes),
+        code_paths=_code_paths(),
         metadata=metadata,
-        pip_requirements=["torch==2.13.0", "einops==0.8.2", "numpy"],
+        pip_requirements=REQUIREMENTS,
+    )
+    mlflow.pyfunc.log_model(
+        name="video_model",
+        python_model=VideoPyfunc(cpu),
+        signature=video_signature(classes),
+        code_paths=_code_paths(),
+        metadata={**metadata, "input": "video files: path or content (bytes)"},
+        pip_requirements=REQUIREMENTS,
     )
     return info.model_uri
 
@@ -336,14 +534,15 @@ class Registration:
         return self.__dict__.copy()
 
 
-def register_and_promote(model_uri: str, name: str, run_id: str, score: float, metric: str = "best_val_f1") -> Registration:
+def register_and_promote(model_uri: str, name: str, run_id: str, score: float,
+                         metric: str = SELECTION_METRIC) -> Registration:
     """New version + alias ``challenger``; ``champion`` moves only when the challenger's score is strictly higher
     (ties keep the incumbent). The decision and both scores go onto the run."""
     mv = mlflow.register_model(model_uri, name)
     return promote(name, int(mv.version), run_id, score, metric)
 
 
-def promote(name: str, version: int, run_id: str, score: float, metric: str = "best_val_f1") -> Registration:
+def promote(name: str, version: int, run_id: str, score: float, metric: str = SELECTION_METRIC) -> Registration:
     """Aliases for a registered ``version``: ``challenger``, and ``champion`` when it beats the incumbent."""
     client = MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, str(version))
@@ -356,7 +555,8 @@ def promote(name: str, version: int, run_id: str, score: float, metric: str = "b
         decision, champion_version = "first_champion", version
     else:
         incumbent_run = client.get_run(champ.run_id) if champ.run_id else None
-        incumbent_score = (incumbent_run.data.metrics.get(metric) if incumbent_run else None)
+        scores = incumbent_run.data.metrics if incumbent_run else {}
+        incumbent_score = scores.get(metric_name(metric), scores.get(metric))  # runs logged before the renaming
         if int(champ.version) == version:
             decision, champion_version = "kept_incumbent", version
         elif incumbent_score is None or score > incumbent_score:
@@ -370,10 +570,31 @@ def promote(name: str, version: int, run_id: str, score: float, metric: str = "b
                 "registry.champion_version": champion_version}
     for k, v in with_run.items():
         client.set_tag(run_id, k, str(v))
-    client.log_metric(run_id, "challenger_score", float(score))
+    _register_video_model(run_id, f"{name}{VIDEO_SUFFIX}", promote=champion_version == version)
+    client.log_metric(run_id, metric_name("challenger_score"), float(score))
     if incumbent_score is not None:
-        client.log_metric(run_id, "incumbent_score", float(incumbent_score))
+        client.log_metric(run_id, metric_name("incumbent_score"), float(incumbent_score))
     return Registration(name, version, champion_version, decision, float(score), incumbent_score)
+
+
+VIDEO_SUFFIX = "-video"
+
+
+def _register_video_model(run_id: str, name: str, *, promote: bool) -> int | None:
+    """The run's ``video_model`` follows its frames model: a new version with alias ``challenger``, and
+    ``champion`` exactly when the frames model became champion, so ``models:/NAME-video@champion`` is always the
+    same network as ``models:/NAME@champion``."""
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    found = mlflow.search_logged_models(experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = 'video_model'",
+                                        output_format="list")
+    if not found:
+        return None
+    client = MlflowClient()
+    version = str(mlflow.register_model(found[0].model_uri, name).version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return int(version)
 
 
 def aliases(name: str) -> dict[str, int]:
@@ -388,11 +609,41 @@ def aliases(name: str) -> dict[str, int]:
 
 
 def load_classifier(model_uri: str, tracking_uri: str | None = None):
-    """Load a registered classifier (``models:/NAME@champion``, ``runs:/...``) on CPU, with its metadata."""
+    """Load a registered classifier (``models:/NAME@champion``, ``runs:/...``) on CPU as a PyTorch module with
+    ``classes``, ``num_frames`` and ``image_size``. Models logged in the PyTorch flavour (before the pyfunc
+    wrapper) still load."""
     if tracking_uri:
         require_existing_store(tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
-    net = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    flavors = mlflow.models.get_model_info(model_uri).flavors
+    if "pytorch" in flavors:
+        net = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    else:
+        net = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().classifier
     net.eval()
     return net
+
+
+def default_model_uri(model_name: str, *, explicit: bool) -> str:
+    """``models:/<model_name>@champion``. When the name only comes from the built-in default (no ``--config``) and
+    the store has no such model, the one registered model with a champion is used: ``make run`` registers
+    ``vivit-demo``, and ``vivit predict x.mp4`` right after it should just work."""
+    wanted = f"models:/{model_name}@{CHAMPION}"
+    if explicit:
+        return wanted
+    client = MlflowClient()
+    try:
+        client.get_model_version_by_alias(model_name, CHAMPION)
+        return wanted
+    except MlflowException:
+        pass
+    named = {m.name for m in client.search_registered_models() if CHAMPION in (m.aliases or {})}
+    named = sorted(n for n in named if not (n.endswith(VIDEO_SUFFIX) and n[: -len(VIDEO_SUFFIX)] in named))
+    if len(named) == 1:
+        return f"models:/{named[0]}@{CHAMPION}"
+    if not named:
+        raise LookupError(f"no registered model has a {CHAMPION!r} alias in {mlflow.get_tracking_uri()}: "
+                          "train one first (make run), or pass --model / --tracking-uri")
+    raise LookupError(f"several registered models have a {CHAMPION!r} alias ({', '.join(named)}): "
+                      "pass --model models:/NAME@champion or --config")

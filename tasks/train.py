@@ -140,9 +140,10 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
     with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}", tags) as run_id:
         view = options.view
         cost = describe(config.train.model, num_frames=view.num_frames, image_size=size, in_channels=view.channels)
-        tracking.log_params(
+        tracking.log_params(  # what determines the model (what train_key hashes); the whole config is config.yaml
             {
-                "config": config.model_dump(mode="json", exclude={"mlflow"}),
+                "train": config.train.determining(),
+                "seed": config.seed,
                 "preset": config.train.model,
                 "preset_params": cost.get("params"),
                 "preset_gflops_per_clip": cost.get("gflops"),
@@ -153,6 +154,7 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
                 "split_counts": dataset_info.get("split_counts"),
             }
         )
+        tracking.log_config(config)
         tracking.log_dataset(config.dataset_dir / "manifest.parquet", str(dataset_info.get("fingerprint")), "kinetics-frames")
         callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(options.epochs))
         result = fit(config.dataset_dir, options, seed=config.seed, work_dir=work_dir, callback=callback)
@@ -171,9 +173,11 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
         tracking.log_metrics(final)
 
         out = work_dir / "report"
-        figures = [plots.learning_curves(result.history, out / "learning_curves.png")]
+        figures = [plots.learning_curves(result.history, out / "learning_curves.png", result.best_epoch)]
         if test.get("confusion_matrix"):
             figures.append(plots.confusion_matrix(test["confusion_matrix"], classes, out / "confusion_matrix.png"))
+            figures.append(plots.confusion_matrix(test["confusion_matrix"], classes,
+                                                  out / "confusion_matrix_normalized.png", normalize=True))
         tracking.log_artifacts(figures, "plots")
         predictions = result.test_predictions
         if predictions is not None and len(predictions):
@@ -189,8 +193,7 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
         classifier = VideoClassifier(result.model, classes=classes, num_frames=num_frames, image_size=size, view=view)
         model_uri = tracking.log_classifier(classifier, metadata=metadata)
         # the champion is decided on the smoothed selection score, not on one lucky epoch's raw val F1
-        reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, float(result.best_val_score),
-                                            metric="best_val_score")
+        reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, float(result.best_val_score))
         logger.info("registered %s v%d (%s)", reg.name, reg.version, reg.decision)
 
     rows = [{"metric": k, "value": round(float(v), 4)} for k, v in final.items()]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tasks.core.config import PipelineConfig
 
@@ -58,20 +59,30 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     client = MlflowClient(cfg.mlflow.tracking_uri)
     run = client.get_run(train["run_id"])
     assert run.data.params["preset"] == "vivit-fe-conv-tiny" and run.data.params["view.input"] == "diff"
-    assert run.data.params["dataset_fingerprint"]
+    assert run.data.params["dataset_fingerprint"] and run.data.params["train.lr"] == "0.0005"
+    # params are what determines the model; the whole config is an artifact
+    assert not [k for k in run.data.params if k.startswith(("download.", "mlflow.", "config.", "train.device"))]
+    saved = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "cfg")))
+                           .read_text())
+    assert saved["download"]["allow_file_urls"] is True and saved["train"]["epochs"] == 2
     assert run.data.tags["prefect.flow_run_id"]
-    for metric in ("train_loss", "val_loss", "val_accuracy", "val_f1"):
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40 and run.data.tags["code.version"]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    for metric in ("train/loss", "val/loss", "val/accuracy", "val/f1", "optim/lr"):
         assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric
-    assert {"test_accuracy", "test_f1", "best_val_f1", "best_val_score", "val_f1_smoothed", "test_accuracy_ci_low",
-            "test_accuracy_ci_high", "test_f1_ci_low", "test_f1_ci_high", "best_val_accuracy_ci_low"} <= set(run.data.metrics)
+    assert {"test/accuracy", "test/f1", "val/best_f1", "registry/challenger_score"} <= set(run.data.metrics)
+    assert not [k for k in run.data.metrics if "/" not in k], "every metric sits in a group"
     m = run.data.metrics
-    assert m["test_accuracy_ci_low"] <= m["test_accuracy"] <= m["test_accuracy_ci_high"]
+    assert {"val/best_score", "val/f1_smoothed", "test/accuracy_ci_low", "test/accuracy_ci_high", "test/f1_ci_low",
+            "test/f1_ci_high", "val/best_accuracy_ci_low"} <= set(m)
+    assert m["test/accuracy_ci_low"] <= m["test/accuracy"] <= m["test/accuracy_ci_high"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= arts
+    assert {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/confusion_matrix_normalized.png"} <= arts
     assert run.inputs.dataset_inputs, "the manifest is logged as an MLflow dataset input"
     pred = pd.read_csv(client.download_artifacts(run.info.run_id, "report/test_predictions.csv", str(tmp_path / "dl")))
     assert set(pred["clip_id"]) == set(manifest.loc[manifest["split"] == "test", "clip_id"])
-    assert pred["correct"].mean() == pytest.approx(run.data.metrics["test_accuracy"])
+    assert pred["correct"].mean() == pytest.approx(run.data.metrics["test/accuracy"])
     assert {"predicted", "p_positive"} <= set(pred.columns)
     report = json.loads(Path(client.download_artifacts(run.info.run_id, "report/classification_report.json",
                                                        str(tmp_path / "dl"))).read_text())
@@ -87,6 +98,7 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     assert set(pd.read_csv(cfg.reports_dir / "download.csv")["status"]) == {"skipped"}
     assert _mtimes(cfg.raw_dir) | _mtimes(cfg.dataset_dir / "frames") == data_before
     assert second[-1]["result"]["reused"] is True
+    assert second[-1]["result"]["metrics"]["best_val_f1"] == pytest.approx(run.data.metrics["val/best_f1"])
     assert len(client.search_model_versions("name = 'e2e'")) == 1
 
     # only training options changed: data untouched, a new version registered

@@ -68,14 +68,15 @@ def test_champion_moves_only_on_a_strictly_better_score(store):
 
     run = MlflowClient().get_run(MlflowClient().get_model_version(store.model_name, "2").run_id)
     assert run.data.tags["registry.decision"] == "kept_incumbent"
-    assert run.data.metrics["incumbent_score"] == pytest.approx(0.70)
-    assert run.data.metrics["challenger_score"] == pytest.approx(0.60)
+    assert run.data.metrics["registry/incumbent_score"] == pytest.approx(0.70)
+    assert run.data.metrics["registry/challenger_score"] == pytest.approx(0.60)
 
 
 def test_signature_is_uint8_clips_with_free_batch(store):
-    sig = tracking.classifier_signature(T, S, K)
+    sig = tracking.classifier_signature(T, S, ["a", "b"])
     assert sig.inputs.inputs[0].shape == (-1, T, S, S, 3) and sig.inputs.inputs[0].type == np.dtype(np.uint8)
-    assert sig.outputs.inputs[0].shape == (-1, K)
+    assert sig.inputs.inputs[0].name is None  # a named tensor makes pyfunc pass a dict, which serving refuses
+    assert sig.outputs.input_names() == ["a", "b"]
 
 
 def test_registered_champion_predicts_in_a_fresh_process(store, tmp_path):
@@ -110,3 +111,39 @@ def test_loaded_model_takes_any_batch_size(store):
     for b in (1, 5):
         out = clf(torch.randint(0, 255, (b, T, S, S, 3), dtype=torch.uint8))
         assert out.shape == (b, K) and torch.allclose(out.sum(1), torch.ones(b), atol=1e-5)
+
+
+def test_metric_names_group_by_split_and_round_trip():
+    names = {"train_loss": "train/loss", "val_f1": "val/f1", "best_val_f1": "val/best_f1", "test_auc": "test/auc",
+             "val_recall_dunking_basketball": "val/recall_dunking_basketball", "lr": "optim/lr",
+             "epoch_seconds": "time/epoch_seconds", "train_seconds": "time/train_seconds",
+             "best_epoch": "val/best_epoch", "challenger_score": "registry/challenger_score"}
+    assert {k: tracking.metric_name(k) for k in names} == names
+    assert {v: tracking.internal_metric_name(v) for v in names.values()} == {v: k for k, v in names.items()}
+
+
+def test_champion_scoring_reads_runs_logged_before_the_renaming(store):
+    """An incumbent from an older version has ``best_val_f1``; a new run has ``val/best_f1``: both compare."""
+    from mlflow import MlflowClient
+
+    with tracking.training_run(store.experiment, "old", {}) as run_id:
+        MlflowClient().log_metric(run_id, "best_val_f1", 0.8)  # the old flat name
+        uri = tracking.log_classifier(_classifier(), metadata={"classes": ["a", "b"], "num_frames": T, "image_size": S})
+        tracking.register_and_promote(uri, store.model_name, run_id, 0.8)
+    assert _log_version(store, 0.7).decision == "kept_incumbent"
+    better = _log_version(store, 0.9)
+    assert better.decision == "promoted" and better.incumbent_score == pytest.approx(0.8)
+
+
+def test_runs_record_the_code_version_and_the_experiment_kind(store, tmp_path):
+    with tracking.training_run(store.experiment, "r", {}) as run_id:
+        pass
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(run_id)
+    head = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == head and run.data.tags["code.git_dirty"] in ("true", "false")
+    assert MlflowClient().get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # outside a git checkout only the package version is known
+    assert set(tracking.code_version_tags(tmp_path)) == {"code.version"}

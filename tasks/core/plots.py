@@ -4,12 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
+def learning_curves(history: list[dict[str, float]], path: Path, best_epoch: int | None = None) -> Path:
+    """Loss and scores per epoch; ``best_epoch`` (the weights that were kept and registered) is marked on both."""
     epochs = [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
     for key, style in (("train_loss", "-o"), ("val_loss", "-s")):
@@ -21,6 +23,8 @@ def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_score.set(xlabel="epoch", ylabel="score", title="accuracy / macro F1", ylim=(0, 1.02))
     for ax in (ax_loss, ax_score):
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:red", linestyle="--", linewidth=1, label=f"selected epoch {best_epoch}")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -30,17 +34,35 @@ def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
     return path
 
 
-def confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, title: str = "test confusion matrix") -> Path:
+def normalise_rows(cm) -> np.ndarray:
+    """Each true class's row as fractions of its clips (zeros for a class with none)."""
+    counts = np.asarray(cm, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, title: str = "test confusion matrix",
+                     normalize: bool = False) -> Path:
+    """Counts, or with ``normalize`` each true class's row as fractions (recall on the diagonal), which reads the
+    same whatever the class sizes."""
     k = len(classes)
+    counts = np.asarray(cm, dtype=float).reshape(k, k)
+    if normalize:
+        values = normalise_rows(counts)
+        text = [[f"{v:.2f}" for v in row] for row in values]
+        title = f"{title} (normalised by true class)"
+    else:
+        values = counts
+        text = [[str(int(v)) for v in row] for row in counts]
     fig, ax = plt.subplots(figsize=(2.2 + 0.9 * k, 1.8 + 0.9 * k))
-    ax.imshow(cm, cmap="Blues")
+    ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     ax.set_xticks(range(k), classes, rotation=30, ha="right")
     ax.set_yticks(range(k), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    top = max((max(r) for r in cm), default=0)
+    top = 1.0 if normalize else max(values.max(), 0)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i][j]), ha="center", va="center", color="white" if cm[i][j] > top / 2 else "black")
+            ax.text(j, i, text[i][j], ha="center", va="center", color="white" if values[i, j] > top / 2 else "black")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

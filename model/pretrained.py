@@ -1,0 +1,263 @@
+"""Start a ViViT from pretrained weights instead of from scratch (``train.init``), as practitioners fine-tune.
+
+* **Video checkpoints** (Hugging Face ``model_type: vivit``, e.g. ``google/vivit-b-16x2-kinetics400``) load into the
+  project's *joint* ViViT (model 1), which computes HF's function with HF's weights (q/k/v fused, the same tanh GELU
+  and LayerNorm eps; ``benchmarks/training.py`` and the tests check it). The checkpoint decides the architecture
+  and the input (frames, size); the classifier head is new, for the configured classes.
+* **Image checkpoints** (HF ``model_type: vit``, e.g. ``google/vit-base-patch16-224``) initialise the *factorised
+  encoder* (model 2) the way the ViViT paper does (Sec. 3.4): the image ViT becomes the spatial transformer (its
+  blocks, final norm, CLS token and position embeddings, interpolated to the clip's patch grid), its 2D patch
+  embedding is inflated into the tubelet embedding (``central``: the kernel at the tubelet's central frame, zeros
+  elsewhere; ``filter``: the kernel repeated over time and divided by ``t``), and the temporal transformer starts
+  from scratch with the preset's depth.
+* ``init`` is a local folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, what
+  ``save_pretrained`` writes) or a hub id. The hub is touched only for a hub id, lazily (``huggingface_hub`` is
+  imported then), and ``HF_HUB_OFFLINE=1`` limits it to the local cache. ``.bin`` weights load with
+  ``torch.load(weights_only=True)``.
+
+:func:`freeze` then keeps part of it fixed (``train.freeze``): ``backbone`` (a linear probe: only the head
+learns) or the first N blocks (with the embeddings before them).
+
+Not done here (see README): VideoMAE checkpoints (no CLS token, fixed sinusoidal positions, q/v-only biases,
+exact GELU and a mean-pooling norm: a different block), and taking the normalisation mean/std from the
+checkpoint's processor (the project normalises with ImageNet's statistics everywhere).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from model.vivit import ViViT, ViViTConfig, inflate_patch_embedding
+
+Inflation = Literal["central", "filter"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TANH_GELU = {"gelu_fast", "gelu_pytorch_tanh", "gelu_new"}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class PretrainedError(ValueError):
+    """A ``train.init`` that cannot be used, with what to do about it."""
+
+
+# -- finding and reading a checkpoint ---------------------------------------------------------------------------
+def resolve(init: str) -> Path:
+    """The checkpoint folder: ``init`` itself when it is a folder, else a snapshot of hub id ``init``."""
+    p = Path(init).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists() or init.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(init):
+        raise PretrainedError(f"train.init {init!r} is neither a checkpoint folder nor a Hugging Face hub id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise PretrainedError(f"train.init {init!r} is a hub id, but huggingface_hub is not installed "
+                              "(pip install transformers, or save the checkpoint to a folder)") from e
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(init, allow_patterns=["config.json", "preprocessor_config.json", *_WEIGHT_FILES]))
+    except Exception as e:  # noqa: BLE001 - hub errors come in many classes; all mean "not available"
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
+        raise PretrainedError(f"cannot get checkpoint {init!r} from the Hugging Face hub ({why})") from e
+
+
+def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config.json, state dict)`` of a ``save_pretrained`` folder."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise PretrainedError(f"{folder}: no config.json (a Hugging Face save_pretrained folder is expected)")
+    config = json.loads(cfg_path.read_text())
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return config, load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        return config, torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise PretrainedError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+def checkpoint_input(config: dict[str, Any]) -> tuple[int | None, int]:
+    """``(frames, image size)`` the checkpoint was trained on (frames ``None`` for an image model)."""
+    return config.get("num_frames"), int(config.get("image_size", 224))
+
+
+def _strip(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in sd.items()}
+
+
+def _check_block_numerics(config: dict[str, Any], init: str) -> list[str]:
+    """Our blocks use tanh GELU and LayerNorm eps 1e-6 (ViViT's JAX reference); other values still load but then
+    only approximate the source model: the fine-tune absorbs it, and the caller is told."""
+    notes = []
+    if config.get("hidden_act", "gelu") not in _TANH_GELU:
+        notes.append(f"{init}: trained with {config.get('hidden_act', 'gelu')!r} activation, loaded into tanh-GELU blocks")
+    if abs(float(config.get("layer_norm_eps", 1e-6)) - 1e-6) > 1e-9:
+        notes.append(f"{init}: LayerNorm eps {config.get('layer_norm_eps')} differs from ours (1e-6)")
+    return notes
+
+
+def _block_weights(sd: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
+    """One HF encoder layer (ViT or ViViT naming) as one of our blocks (q, k, v fused into one projection)."""
+    def get(*names: str) -> torch.Tensor:
+        for n in names:
+            if f"{src}{n}" in sd:
+                return sd[f"{src}{n}"]
+        raise PretrainedError(f"checkpoint has none of {[src + n for n in names]}")
+
+    out = {}
+    for kind in ("weight", "bias"):
+        out[f"{dst}attn.qkv.{kind}"] = torch.cat([
+            get(f"attention.{n}_proj.{kind}", f"attention.attention.{name}.{kind}")
+            for n, name in (("q", "query"), ("k", "key"), ("v", "value"))])
+        out[f"{dst}attn.proj.{kind}"] = get(f"attention.o_proj.{kind}", f"attention.output.dense.{kind}")
+        out[f"{dst}norm1.{kind}"] = get(f"layernorm_before.{kind}")
+        out[f"{dst}norm2.{kind}"] = get(f"layernorm_after.{kind}")
+        out[f"{dst}mlp.fc1.{kind}"] = get(f"mlp.fc1.{kind}", f"intermediate.dense.{kind}")
+        out[f"{dst}mlp.fc2.{kind}"] = get(f"mlp.fc2.{kind}", f"output.dense.{kind}")
+    return out
+
+
+def _architecture(config: dict[str, Any]) -> dict[str, Any]:
+    dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    return {"dim": dim, "heads": heads, "depth": int(config["num_hidden_layers"]),
+            "mlp_ratio": int(config["intermediate_size"]) / dim, "qkv_bias": bool(config.get("qkv_bias", True))}
+
+
+def _check_input(init: str, want: tuple[int | None, int], have: tuple[int, int]) -> None:
+    frames, size = want
+    if (frames is not None and frames != have[0]) or size != have[1]:
+        need = f"{frames} frames of {size}x{size}" if frames else f"{size}x{size} frames"
+        raise PretrainedError(
+            f"checkpoint {init} expects {need}, but the dataset stores {have[0]} frames of {have[1]}x{have[1]}: "
+            f"set frames.num_frames={frames or have[0]} and frames.size={size} and run the frames stage again")
+
+
+# -- building ---------------------------------------------------------------------------------------------------
+def build_pretrained(init: str, preset: ViViTConfig, *, inflation: Inflation = "central") -> tuple[ViViT, list[str]]:
+    """A ViViT initialised from ``init`` for ``preset``'s classes and input, plus notes for the run's log."""
+    folder = resolve(init)
+    config, sd = read_checkpoint(folder)
+    kind = config.get("model_type")
+    notes = _check_block_numerics(config, init)
+    if kind == "vivit":
+        return _from_vivit(init, config, sd, preset), notes
+    if kind == "vit":
+        return _from_image_vit(init, config, sd, preset, inflation), notes
+    if kind == "videomae":
+        raise PretrainedError(f"{init}: VideoMAE checkpoints are not supported yet (use a ViViT or an image ViT)")
+    raise PretrainedError(f"{init}: model_type {kind!r} is not supported; use a ViViT ('vivit') or image ViT ('vit')")
+
+
+def _from_vivit(init: str, config: dict[str, Any], sd: dict[str, torch.Tensor], preset: ViViTConfig) -> ViViT:
+    _check_input(init, checkpoint_input(config), (preset.num_frames, preset.image_size))
+    t, p, _ = config.get("tubelet_size", [2, 16, 16])
+    cfg = replace(preset, variant="joint", pool="cls", tubelet_size=int(t), patch_size=int(p), motion_init=False,
+                  stem="linear",
+                  in_channels=int(config.get("num_channels", 3)), **_architecture(config))
+    model = ViViT.from_config(cfg)
+    sd = _strip(sd, "vivit.")
+    new = {
+        "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+        "cls_token": sd["embeddings.cls_token"], "pos_embed": sd["embeddings.position_embeddings"],
+        "encoder.norm.weight": sd["layernorm.weight"], "encoder.norm.bias": sd["layernorm.bias"],
+    }
+    for i in range(cfg.depth):
+        new |= _block_weights(sd, f"encoder.layer.{i}." if f"encoder.layer.{i}.layernorm_before.weight" in sd
+                              else f"layers.{i}.", f"encoder.blocks.{i}.")
+    _load(model, new)
+    return model
+
+
+def _from_image_vit(init: str, config: dict[str, Any], sd: dict[str, torch.Tensor], preset: ViViTConfig,
+                    inflation: Inflation) -> ViViT:
+    p = int(config.get("patch_size", 16))
+    fe = preset.variant == "factorised_encoder"
+    cfg = replace(preset, variant="factorised_encoder", patch_size=p, motion_init=False, stem="linear",
+                  temporal_depth=preset.temporal_depth if fe else 4, tubelet_size=preset.tubelet_size,
+                  in_channels=int(config.get("num_channels", 3)), **_architecture(config))
+    model = ViViT.from_config(cfg)
+    sd = _strip(sd, "vit.")
+    w2d = sd["embeddings.patch_embeddings.projection.weight"]
+    t = cfg.tubelet_size
+    if inflation == "central":
+        w3d = inflate_patch_embedding(w2d, t)
+    elif inflation == "filter":
+        w3d = w2d.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
+    else:
+        raise PretrainedError(f"train.init_inflation must be 'central' or 'filter', got {inflation!r}")
+    pos = sd["embeddings.position_embeddings"]  # (1, 1 + n*n, D)
+    grid = preset.image_size // p
+    new = {"patch_embed.proj.weight": w3d, "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+           "spatial.norm.weight": sd["layernorm.weight"], "spatial.norm.bias": sd["layernorm.bias"]}
+    patches = resize_position_grid(pos[:, 1:], grid)
+    if cfg.pool == "cls":
+        new |= {"cls_token": sd["embeddings.cls_token"], "pos_embed": torch.cat([pos[:, :1], patches], dim=1)}
+    else:
+        new["pos_embed"] = patches
+    for i in range(cfg.depth):
+        new |= _block_weights(sd, f"encoder.layer.{i}.", f"spatial.blocks.{i}.")
+    _load(model, new)
+    return model
+
+
+def resize_position_grid(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """Patch position embeddings ``(1, n*n, D)`` bicubically resized to ``grid x grid`` (timm's recipe), so a
+    224-pixel ViT serves 128-pixel clips."""
+    n = int(round(pos.shape[1] ** 0.5))
+    if n * n != pos.shape[1]:
+        raise PretrainedError(f"position embeddings of {pos.shape[1]} patches are not a square grid")
+    if n == grid:
+        return pos
+    x = pos.reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    x = F.interpolate(x.float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
+
+
+def _load(model: ViViT, weights: dict[str, torch.Tensor]) -> None:
+    """Everything given must fit exactly; what is not given (the new head, a temporal encoder) keeps its init."""
+    own = model.state_dict()
+    for k, v in weights.items():
+        if k not in own:
+            raise PretrainedError(f"the model has no parameter {k!r}")
+        if own[k].shape != v.shape:
+            raise PretrainedError(f"{k}: checkpoint shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
+    model.load_state_dict(weights, strict=False)
+
+
+# -- freezing ---------------------------------------------------------------------------------------------------
+def _first_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks input meets first: the joint encoder's, the spatial encoder's, or model 3's."""
+    for name in ("encoder", "spatial"):
+        if hasattr(model, name):
+            return list(getattr(model, name).blocks)
+    return list(getattr(model, "blocks", []))
+
+
+def freeze(model: torch.nn.Module, spec: str | int) -> int:
+    """Stop gradients into part of ``model``; returns how many parameters are frozen. ``"none"``; ``"backbone"``:
+    everything but ``head``; ``N``: the patch/tubelet embedding, CLS tokens, position embeddings and the first N
+    blocks. The optimiser only gets parameters that still require gradients."""
+    if spec in ("none", 0, None):
+        return 0
+    if spec == "backbone":
+        frozen = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    elif isinstance(spec, int) and spec > 0:
+        blocks = _first_blocks(model)
+        if spec > len(blocks):
+            raise PretrainedError(f"train.freeze={spec}, but the first encoder has only {len(blocks)} blocks")
+        frozen = [p for n, p in model.named_parameters()
+                  if n.startswith("patch_embed.") or n.endswith(("cls_token", "pos_embed"))]
+        frozen += [p for b in blocks[:spec] for p in b.parameters()]
+    else:
+        raise PretrainedError(f"train.freeze must be 'none', 'backbone' or a positive number of blocks, got {spec!r}")
+    for p in frozen:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen)

@@ -1,0 +1,205 @@
+"""Serving for real: the registered pyfunc models through ``mlflow.pyfunc`` and through ``mlflow models serve`` on
+loopback answering real HTTP requests, and ``vivit predict`` on folders, windows and result files."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import tracking
+from tasks.core.config import MlflowConfig
+from tasks.core.sampling import sample_clip
+from tests.support.videos import make_counter_video
+
+ROOT = Path(__file__).resolve().parents[1]
+T, S = 4, 32
+CLASSES = ["dribbling basketball", "dunking basketball", "shooting basketball"]
+
+
+def _classifier(seed: int = 0):
+    import torch
+
+    from model.predict import VideoClassifier
+    from model.presets import build_model
+
+    torch.manual_seed(seed)
+    net = build_model("frame-mlp", num_classes=len(CLASSES), num_frames=T, image_size=S)
+    return VideoClassifier(net, classes=CLASSES, num_frames=T, image_size=S)
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """A store with model ``clf`` (and ``clf-video``) v1 as champion, and some videos."""
+    d = tmp_path_factory.mktemp("serving")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    (d / "mlruns").mkdir()  # where `vivit` looks by default, as after `make run` in that folder
+    cfg = MlflowConfig(tracking_uri=f"sqlite:///{d / 'mlruns' / 'mlflow.db'}", experiment="serve", model_name="clf")
+    tracking.use_store(cfg)
+    clf = _classifier()
+    with tracking.training_run(cfg.experiment, "r", {}) as run_id:
+        uri = tracking.log_classifier(clf, metadata={"classes": CLASSES, "num_frames": T, "image_size": S})
+        reg = tracking.register_and_promote(uri, cfg.model_name, run_id, 0.5)
+    assert reg.decision == "first_champion"
+    (d / "clips").mkdir()
+    videos = [make_counter_video(d / "clips" / f"v{i}.mp4", 30 + 15 * i, width=64, height=48, seed=i) for i in range(3)]
+    return {"cfg": cfg, "clf": clf, "dir": d, "videos": videos}
+
+
+def _expected(clf, frames: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return clf(torch.from_numpy(frames)).numpy()
+
+
+def test_pyfunc_takes_uint8_batches_and_names_the_classes(registered):
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model("models:/clf@champion")
+    frames = np.random.default_rng(0).integers(0, 256, (5, T, S, S, 3), dtype=np.uint8)
+    out = model.predict(frames)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == CLASSES and len(out) == 5
+    np.testing.assert_allclose(out.to_numpy(), _expected(registered["clf"], frames), atol=1e-6)
+    with pytest.raises(Exception):
+        model.predict(np.zeros((1, T + 1, S, S, 3), np.uint8))  # the signature's shape is enforced
+    # PyTorch users still get the module, for any batch size
+    net = tracking.load_classifier("models:/clf@champion")
+    assert net.classes == CLASSES and (net.num_frames, net.image_size) == (T, S)
+
+
+def test_video_pyfunc_samples_like_training(registered):
+    import mlflow.pyfunc
+
+    assert tracking.aliases("clf-video") == {"champion": 1, "challenger": 1}
+    model = mlflow.pyfunc.load_model("models:/clf-video@champion")
+    v0, v1 = registered["videos"][:2]
+    bad = registered["dir"] / "bad.mp4"
+    bad.write_text("<html>not a video</html>")
+    out = model.predict(pd.DataFrame({"path": [str(v0), None, str(bad)],
+                                      "content": [None, v1.read_bytes(), None]}))
+    assert list(out.columns) == ["label", "error", *CLASSES] and len(out) == 3
+    frames = np.stack([sample_clip(v, T, S) for v in (v0, v1)])
+    np.testing.assert_allclose(out.loc[:1, CLASSES].to_numpy(), _expected(registered["clf"], frames), atol=1e-5)
+    assert list(out.loc[:1, "error"]) == ["", ""] and out.loc[2, "error"].startswith("unreadable")
+    assert list(out.loc[:1, "label"]) == [CLASSES[i] for i in out.loc[:1, CLASSES].to_numpy().argmax(1)]
+    only_paths = model.predict(pd.DataFrame({"path": [str(v0)]}))
+    np.testing.assert_allclose(only_paths[CLASSES].to_numpy(), out.loc[:0, CLASSES].to_numpy(), atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        return json.loads(resp.read())
+
+
+def _serve(model_uri: str, tracking_uri: str, log: Path):
+    port = _free_port()
+    bin_dir = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH: the venv's, as when activated
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT),
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    proc = subprocess.Popen([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri,
+                             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300  # a loaded shared machine can take minutes
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.5)
+    proc.terminate()
+    raise AssertionError(f"mlflow models serve did not come up: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_real_requests(registered):
+    d, uri = registered["dir"], registered["cfg"].tracking_uri
+    frames = np.random.default_rng(1).integers(0, 256, (2, T, S, S, 3), dtype=np.uint8)
+    proc, base = _serve("models:/clf@champion", uri, d / "serve.log")
+    try:
+        got = _post(f"{base}/invocations", {"inputs": frames.tolist()})["predictions"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert [list(r) for r in got] == [CLASSES, CLASSES]
+    np.testing.assert_allclose([[r[c] for c in CLASSES] for r in got], _expected(registered["clf"], frames), atol=1e-5)
+
+    video = registered["videos"][2]
+    proc, base = _serve("models:/clf-video@champion", uri, d / "serve-video.log")
+    try:
+        body = {"dataframe_split": {"columns": ["content"], "data": [[base64.b64encode(video.read_bytes()).decode()]]}}
+        [row] = _post(f"{base}/invocations", body)["predictions"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    want = _expected(registered["clf"], sample_clip(video, T, S)[None])[0]
+    assert row["error"] == "" and row["label"] == CLASSES[int(want.argmax())]
+    np.testing.assert_allclose([row[c] for c in CLASSES], want, atol=1e-5)
+
+
+def _vivit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "flows.cli", "predict", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_predicts_a_folder_with_top_k_and_the_default_model(registered, tmp_path):
+    """No --model, --config or --tracking-uri: ``./mlruns`` and its only champion (``clf``) are used, as after
+    ``make run`` (which registers ``vivit-demo`` there)."""
+    d = registered["dir"]
+    proc = _vivit(["clips", "--top-k", "2", "--batch-size", "2"], d)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [r["path"] for r in lines] == [f"clips/{v.name}" for v in registered["videos"]]
+    for r in lines:
+        assert len(r["top_k"]) == 2 and r["top_k"][0]["label"] == r["label"]
+        assert r["top_k"][0]["p"] >= r["top_k"][1]["p"] and "p_positive" not in r
+    # the same through a .csv written atomically, with windows
+    out = tmp_path / "res.csv"
+    proc = _vivit([str(d / "clips" / "v*.mp4"), "--window", "1", "--stride", "0.5", "--output", str(out),
+                   "--tracking-uri", registered["cfg"].tracking_uri], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.read_csv(out, keep_default_na=False)
+    assert set(rows["path"]) == {str(v) for v in registered["videos"]}
+    assert (rows["segment"] == "all").sum() == 3 and (rows["segment"] != "all").sum() > 3
+    assert {f"p_{c}" for c in CLASSES} <= set(rows.columns) and "wrote" in proc.stderr
+
+
+def test_cli_errors_for_an_unknown_model_and_bad_options(registered, tmp_path):
+    uri = registered["cfg"].tracking_uri
+    proc = _vivit([str(registered["videos"][0]), "--model", "models:/nope@champion", "--tracking-uri", uri], tmp_path)
+    assert proc.returncode == 2 and "cannot load model" in proc.stderr
+    proc = _vivit([str(registered["videos"][0]), "--stride", "1", "--tracking-uri", uri], tmp_path)
+    assert proc.returncode == 2 and "--stride needs --window" in proc.stderr
+
+
+@pytest.mark.slow
+def test_predict_flow_has_the_same_options(prefect_harness, registered, tmp_path):
+    from flows.predict import predict_flow
+
+    out = tmp_path / "res.jsonl"
+    clips = registered["dir"] / "clips"
+    results = predict_flow(videos=[str(clips), str(tmp_path / "missing.mp4")], model_uri=None,
+                           tracking_uri=registered["cfg"].tracking_uri, top_k=2, window=1.0, stride=1.0,
+                           batch_size=2, output=str(out))
+    assert [r["path"] for r in results] == [*(str(v) for v in registered["videos"]), str(tmp_path / "missing.mp4")]
+    assert all(len(r["top_k"]) == 2 and r["segments"] for r in results[:3]) and results[3]["error"] == "file not found"
+    assert [json.loads(line) for line in out.read_text().splitlines()] == results
