@@ -269,7 +269,8 @@ def mlflow_server(db: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
     p = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
                           f"sqlite:///{db}", "--default-artifact-root", str(db.parent / "artifacts"),
                           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                         env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no 7 huey workers
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     import urllib.request
 
     deadline = time.monotonic() + 600  # ~8 s on an idle machine; minutes on a loaded one
