@@ -128,7 +128,7 @@ def config(root: Path, src: Path, csv: Path, uri: str | None = None, epochs: int
         "url_template": f"file://{src}/videos/{{youtube_id}}.mp4", "seed": 1,
         "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
         "frames": {"num_frames": 8, "size": 48, "workers": 2},
-        "train": {"epochs": epochs, "batch_size": 4, "patience": None},
+        "train": {"epochs": epochs, "batch_size": 4, "patience": None, "view_frames": 6, "min_epochs": 0},
         "mlflow": {"tracking_uri": uri or f"sqlite:///{root / 'mlflow.db'}", "experiment": "faults",
                    "model_name": "faults"},
     }

@@ -556,7 +556,9 @@ def promote(name: str, version: int, run_id: str, score: float, metric: str = SE
     else:
         incumbent_run = client.get_run(champ.run_id) if champ.run_id else None
         scores = incumbent_run.data.metrics if incumbent_run else {}
-        incumbent_score = scores.get(metric_name(metric), scores.get(metric))  # runs logged before the renaming
+        # runs logged before the renaming (flat names), and before selection was smoothed (the raw best val F1)
+        incumbent_score = next((scores[k] for k in (metric_name(metric), metric, "val/best_f1", "best_val_f1")
+                                if k in scores), None)
         if int(champ.version) == version:
             decision, champion_version = "kept_incumbent", version
         elif incumbent_score is None or score > incumbent_score:

@@ -153,8 +153,13 @@ def _common(tmp_path: Path, demo_source) -> list[str]:
 
 def test_two_concurrent_downloads_end_cleanly_and_a_third_redoes_nothing(prefect_harness, tmp_path, demo_source):
     common = _common(tmp_path, demo_source)
+    (tmp_path / "data").mkdir()
+    # a third process holds the data_dir for a few seconds, so that both downloads surely start while it is busy
+    # (on an idle machine one download can otherwise end before the other asks for the lock)
+    gate = _holder(tmp_path / "data" / ".vivit.lock", 8)
     a, b = _vivit(["download", *common]), _vivit(["download", *common])
     outs = [p.communicate(timeout=300) for p in (a, b)]
+    gate.wait()
     assert [a.returncode, b.returncode] == [0, 0], [o[1][-2000:] for o in outs]
     assert any("waiting for it to finish" in err for _, err in outs), [err[-1000:] for _, err in outs]
     downloaded = [int(line.split()[-1]) for out, _ in outs for line in out.splitlines()

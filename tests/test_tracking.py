@@ -38,7 +38,7 @@ def _classifier(seed: int = 0):
 
 def _log_version(store: MlflowConfig, score: float) -> tracking.Registration:
     with tracking.training_run(store.experiment, f"s{score}", {"train_key": "k"}) as run_id:
-        tracking.log_metrics({"best_val_f1": score})
+        tracking.log_metrics({tracking.SELECTION_METRIC: score})
         uri = tracking.log_classifier(_classifier(), metadata={"classes": ["a", "b"], "num_frames": T, "image_size": S})
         return tracking.register_and_promote(uri, store.model_name, run_id, score)
 
@@ -123,7 +123,7 @@ def test_metric_names_group_by_split_and_round_trip():
 
 
 def test_champion_scoring_reads_runs_logged_before_the_renaming(store):
-    """An incumbent from an older version has ``best_val_f1``; a new run has ``val/best_f1``: both compare."""
+    """An incumbent from an older version has only ``best_val_f1``; a new run has ``val/best_score``: both compare."""
     from mlflow import MlflowClient
 
     with tracking.training_run(store.experiment, "old", {}) as run_id:
