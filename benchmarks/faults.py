@@ -164,18 +164,20 @@ def registry(root: Path) -> dict:
         return {"versions": 0, "running": 0, "duplicates": 0, "metrics": None}
     con = sqlite3.connect(db)
     try:
-        versions = con.execute("select run_id from model_versions").fetchall()
+        # each training registers two models (NAME: frames in, NAME-video: files in): duplicates are counted per name
+        versions = con.execute("select name, run_id from model_versions").fetchall()
         running = con.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]
-        keys = [con.execute("select value from tags where run_uuid = ? and key = 'train_key'", (r,)).fetchone()
-                for (r,) in versions]
+        keys = [(name, con.execute("select value from tags where run_uuid = ? and key = 'train_key'", (r,)).fetchone())
+                for name, r in versions]
         metrics = None
         if versions:
             metrics = dict(con.execute("select key, value from latest_metrics where run_uuid = ? and key in "
-                                       "('best_val_f1', 'test_accuracy', 'test_loss')", (versions[-1][0],)).fetchall())
+                                       "('val/best_f1', 'test/accuracy', 'test/loss')", (versions[-1][1],)).fetchall())
             metrics = {k: round(v, 6) for k, v in sorted(metrics.items())}
     finally:
         con.close()
-    return {"versions": len(versions), "running": running, "duplicates": len(keys) - len(set(keys)),
+    per_name = [sum(1 for n, _ in versions if n == name) for name in {n for n, _ in versions}]
+    return {"versions": max(per_name, default=0), "running": running, "duplicates": len(keys) - len(set(keys)),
             "metrics": metrics}
 
 
