@@ -130,8 +130,8 @@ def markdown(rows: dict[str, dict], reference: dict[str, dict], seeds: list[int]
     def ms(r: dict, k: str) -> str:
         return f"{r[k + '_mean']:.3f} ± {r[k + '_std']:.3f}" if k + "_mean" in r else "-"
 
-    lines = [f"| model | val accuracy | val macro F1 | test accuracy | test macro F1 | worst-seed test F1 | "
-             f"time per seed |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | val accuracy | val macro F1 | test accuracy | test macro F1 | worst-seed test F1 | "
+             "time per seed |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {ms(r, 'val_accuracy')} | {ms(r, 'val_f1')} | {ms(r, 'test_accuracy')} | "
                      f"{ms(r, 'test_f1')} | {r.get('test_f1_min', float('nan')):.3f} | {r.get('seconds_mean', 0):.0f} s |")

@@ -308,7 +308,7 @@ def find_reusable_run(experiment: str, train_key: str, model_name: str) -> dict[
         if versions:
             v = max(versions, key=lambda mv: int(mv.version))
             if "registry.decision" not in run.data.tags:  # killed between registering and the aliases
-                score = run.data.metrics.get(metric_name(SELECTION_METRIC), run.data.metrics.get(SELECTION_METRIC))
+                score = run_score(run.data.metrics)
                 promote(model_name, int(v.version), run.info.run_id, float("nan") if score is None else float(score))
             metrics = {internal_metric_name(k): m for k, m in run.data.metrics.items()}
             return {"run_id": run.info.run_id, "version": int(v.version), "metrics": metrics}
@@ -542,6 +542,12 @@ def register_and_promote(model_uri: str, name: str, run_id: str, score: float,
     return promote(name, int(mv.version), run_id, score, metric)
 
 
+def run_score(metrics: dict[str, float], metric: str = SELECTION_METRIC) -> float | None:
+    """A run's champion score: ``metric`` under its grouped or flat name; for runs logged before selection was
+    smoothed, their raw best val F1 (grouped or flat)."""
+    return next((metrics[k] for k in (metric_name(metric), metric, "val/best_f1", "best_val_f1") if k in metrics), None)
+
+
 def promote(name: str, version: int, run_id: str, score: float, metric: str = SELECTION_METRIC) -> Registration:
     """Aliases for a registered ``version``: ``challenger``, and ``champion`` when it beats the incumbent."""
     client = MlflowClient()
@@ -555,10 +561,7 @@ def promote(name: str, version: int, run_id: str, score: float, metric: str = SE
         decision, champion_version = "first_champion", version
     else:
         incumbent_run = client.get_run(champ.run_id) if champ.run_id else None
-        scores = incumbent_run.data.metrics if incumbent_run else {}
-        # runs logged before the renaming (flat names), and before selection was smoothed (the raw best val F1)
-        incumbent_score = next((scores[k] for k in (metric_name(metric), metric, "val/best_f1", "best_val_f1")
-                                if k in scores), None)
+        incumbent_score = run_score(incumbent_run.data.metrics if incumbent_run else {}, metric)
         if int(champ.version) == version:
             decision, champion_version = "kept_incumbent", version
         elif incumbent_score is None or score > incumbent_score:

@@ -5,7 +5,6 @@ silently running with the default.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
