@@ -35,7 +35,9 @@ class TrainOptions(BaseModel):
     input: Literal["rgb", "diff", "rgb_diff"] = Field(
         "diff", description="network input per position: the frame, its difference to the next stored frame, or both"
     )
-    view_frames: int = Field(16, ge=1, description="positions per view (the network's T); <= frames.num_frames (-1 for diff)")
+    view_frames: int = Field(16, ge=1, description="positions per view (the network's T); <= frames.num_frames "
+                             "(- diff_gap for diff)")
+    diff_gap: int = Field(1, ge=1, le=8, description="stored frames between the two frames of a difference (diff inputs)")
     test_views: int = Field(2, ge=1, le=16, description="views averaged at evaluation and prediction")
     epochs: int = Field(80, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(8, ge=1, description="clips per optimiser step")
@@ -91,7 +93,8 @@ class TrainOptions(BaseModel):
 
     @property
     def view(self) -> ViewSpec:
-        return ViewSpec(num_frames=self.view_frames, input=self.input, test_views=self.test_views)
+        return ViewSpec(num_frames=self.view_frames, input=self.input, test_views=self.test_views,
+                        diff_gap=self.diff_gap)
 
     def determining(self) -> dict[str, Any]:
         """The options that decide what training computes (everything but :data:`EXECUTION_ONLY`)."""

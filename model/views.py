@@ -12,13 +12,15 @@ one position in each of ``T`` equal segments of the clip (TSN's segment sampling
 The *input* is what the network sees at each position:
 
 * ``rgb``: the frame itself.
-* ``diff``: the difference between that stored frame and the next one (TSN's RGB-diff). Static appearance (the
+* ``diff``: the difference between that stored frame and the one ``diff_gap`` frames later (TSN's RGB-diff). Static appearance (the
   scene, the camera, the resolution a clip came in) cancels and motion is left. On real surveillance clips split by
   source video this generalised where RGB input memorised the scenes (README, "Quality on real video").
 * ``rgb_diff``: both, stacked as 6 channels.
 
-Pair inputs take frames ``(p, p + 1)`` for each position ``p`` of ``F - 1`` candidates, so a view is ``2T``
-stored frames in the order ``a0, b0, a1, b1, ...``; :func:`to_network_input` turns them into ``T`` network frames.
+Pair inputs take frames ``(p, p + g)`` for each position ``p`` of ``F - g`` candidates, ``g`` being ``diff_gap``
+stored frames, so a view is ``2T`` stored frames in the order ``a0, b0, a1, b1, ...``; :func:`to_network_input` turns
+them into ``T`` network frames. A wider gap spans more time per difference: more displacement per moving edge,
+the same number of frames decoded.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class ViewSpec:
     num_frames: int = 16
     input: InputMode = "diff"
     test_views: int = 2
+    diff_gap: int = 1  # 1 for checkpoints written before the field existed
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_frames, int) or self.num_frames < 1:
@@ -50,6 +53,8 @@ class ViewSpec:
             raise ValueError(f"input must be one of {INPUT_MODES}, got {self.input!r}")
         if not isinstance(self.test_views, int) or self.test_views < 1:
             raise ValueError(f"test_views must be a positive integer, got {self.test_views!r}")
+        if not isinstance(self.diff_gap, int) or self.diff_gap < 1:
+            raise ValueError(f"diff_gap must be a positive integer, got {self.diff_gap!r}")
 
     @property
     def paired(self) -> bool:
@@ -65,14 +70,14 @@ class ViewSpec:
         return self.num_frames * (2 if self.paired else 1)
 
     def min_stored_frames(self) -> int:
-        return self.num_frames + 1 if self.paired else self.num_frames
+        return self.num_frames + self.diff_gap if self.paired else self.num_frames
 
     def check_stored(self, stored_frames: int) -> None:
         if stored_frames < self.min_stored_frames():
             raise ValueError(
                 f"the dataset stores {stored_frames} frames per clip, but a view of {self.num_frames} "
                 f"'{self.input}' positions needs at least {self.min_stored_frames()}: raise frames.num_frames "
-                f"or lower train.view_frames"
+                f"or lower train.view_frames" + (" or train.diff_gap" if self.paired and self.diff_gap > 1 else "")
             )
 
 
@@ -94,8 +99,9 @@ def view_indices(stored_frames: int, spec: ViewSpec, *, rng: np.random.Generator
     spec.check_stored(stored_frames)
     if not spec.paired:
         return segment_positions(stored_frames, spec.num_frames, rng=rng, view=view, num_views=spec.test_views)
-    p = segment_positions(stored_frames - 1, spec.num_frames, rng=rng, view=view, num_views=spec.test_views)
-    return np.stack([p, p + 1], axis=1).reshape(-1)  # a0, b0, a1, b1, ...
+    g = spec.diff_gap
+    p = segment_positions(stored_frames - g, spec.num_frames, rng=rng, view=view, num_views=spec.test_views)
+    return np.stack([p, p + g], axis=1).reshape(-1)  # a0, b0, a1, b1, ...
 
 
 def eval_views(frames: np.ndarray | torch.Tensor, spec: ViewSpec) -> np.ndarray | torch.Tensor:

@@ -394,10 +394,6 @@ def log_dict(data: dict[str, Any], name: str) -> None:
     mlflow.log_dict(data, name)
 
 
-def set_tags(tags: dict[str, Any]) -> None:
-    mlflow.set_tags({k: str(v) for k, v in tags.items()})
-
-
 def classifier_signature(num_frames: int, size: int, classes: list[str] | int) -> ModelSignature:
     """uint8 clips in (an *unnamed* tensor, -1 batch so any batch size is valid), one probability column per class
     out. A named input tensor makes pyfunc hand the model a dict, which MLflow's PyTorch flavour and the REST server

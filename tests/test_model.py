@@ -312,6 +312,24 @@ def test_views_train_draws_inside_segments_eval_views_cover_the_clip():
         view_indices(4, spec)
 
 
+def test_diff_gap_pairs_frames_further_apart():
+    from model.views import ViewSpec, view_indices
+
+    spec = ViewSpec(num_frames=4, input="diff", test_views=1, diff_gap=2)
+    assert spec.min_stored_frames() == 6
+    idx = view_indices(10, spec)
+    assert (idx[1::2] == idx[0::2] + 2).all() and idx.max() <= 9
+    rng = np.random.default_rng(1)
+    for _ in range(50):  # random training views keep the gap and stay inside the clip
+        r = view_indices(10, spec, rng=rng)
+        assert (r[1::2] - r[0::2] == 2).all() and r.min() >= 0 and r.max() <= 9
+    with pytest.raises(ValueError, match="train.diff_gap"):
+        view_indices(5, spec)
+    with pytest.raises(ValueError, match="diff_gap"):
+        ViewSpec(diff_gap=0)
+    assert ViewSpec(**{"num_frames": 4, "input": "diff", "test_views": 2}).diff_gap == 1  # older checkpoints
+
+
 def test_preprocess_turns_a_view_into_the_inputs_form():
     from model.views import DIFF_SCALE, ViewSpec
 
