@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.core.media import encode_video, ffmpeg_exe  # noqa: E402
+from tasks.core.media import encode_video, ffmpeg_command, ffmpeg_exe  # noqa: E402
 from tasks.core.sampling import (  # noqa: E402
     open_video,
     resized_dims,
@@ -100,7 +100,7 @@ def pyav_decode_all_then_pick(path: Path, num_frames: int, size: int) -> np.ndar
 
 def ffmpeg_full_decode(path: Path) -> None:
     """Reference (b): the ffmpeg CLI decoding every frame on one thread, writing nothing."""
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-nostdin", "-threads", "1", "-i", str(path), "-f", "null", "-"],
+    subprocess.run(ffmpeg_command(str(path), "-", input_options={"threads": 1}, output_options={"f": "null"}),
                    check=True, stdout=subprocess.DEVNULL)
 
 
@@ -111,9 +111,9 @@ def ffmpeg_select(path: Path, num_frames: int, size: int) -> np.ndarray:
     expr = "+".join(f"eq(n\\,{i})" for i in sorted(set(segment_centres(n, num_frames))))
     graph = (f"select={expr},scale={size}:{size}:force_original_aspect_ratio=increase:flags=area,"
              f"crop={size}:{size}")
-    out = subprocess.run([ffmpeg_exe(), "-v", "error", "-nostdin", "-threads", "1", "-i", str(path),
-                          "-filter_threads", "1", "-vf", graph, "-fps_mode", "passthrough", "-f", "rawvideo",
-                          "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    cmd = ffmpeg_command(str(path), "pipe:", input_options={"threads": 1}, output_options={
+        "filter_threads": 1, "vf": graph, "fps_mode": "passthrough", "f": "rawvideo", "pix_fmt": "rgb24"})
+    out = subprocess.run(cmd, check=True, capture_output=True).stdout
     return np.frombuffer(out, np.uint8).reshape(-1, size, size, 3)
 
 

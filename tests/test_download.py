@@ -384,3 +384,22 @@ def test_bad_time_rows_are_skipped_and_the_stage_goes_on(prefect_harness, server
         assert f"ann.csv:{line}:" in warned, warned
     with open(tmp_path / "data" / "reports" / "download.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+def test_ffmpeg_command_lines_are_built_by_ffmpeg_python_with_the_measured_arguments():
+    from tasks.core.download import trim_command
+    from tasks.core.media import encode_command, options_from_argv
+
+    cut = trim_command(Path("in.webm"), Path("out.mp4"), 1.5, 2.25, exe="ffmpeg")
+    assert cut[0] == "ffmpeg" and cut.index("-ss") < cut.index("-i") and cut[cut.index("-ss") + 1] == "1.500"
+    pairs = {cut[i]: cut[i + 1] for i in range(len(cut) - 1) if cut[i].startswith("-")}
+    assert pairs["-i"] == "in.webm" and pairs["-t"] == "2.250" and pairs["-map"] == "0:V:0"
+    assert pairs["-c:v"] == "libx264" and pairs["-crf"] == "20" and pairs["-movflags"] == "+faststart"
+    assert {"-an", "-sn", "-dn", "-y", "-nostdin"} <= set(cut) and cut.index("out.mp4") > cut.index("-i")
+    enc = encode_command("o.mkv", 64, 48, fps=10, codec="ffv1", pix_fmt="bgr0", gop=5, extra=["-movflags", "+faststart", "-an"],
+                         exe="ffmpeg")
+    assert enc[enc.index("-i") + 1] == "pipe:" and enc[enc.index("-s") + 1] == "64x48" and "-nostdin" not in enc
+    assert enc.index("-f") < enc.index("-i") and enc[enc.index("-g") + 1] == "5" and "-crf" not in enc
+    assert options_from_argv(["-vf", "setsar=2", "-an", "-itsoffset", "-1"]) == {"vf": "setsar=2", "an": None, "itsoffset": "-1"}
+    with pytest.raises(ValueError, match="ffmpeg option"):
+        options_from_argv(["setsar=2"])

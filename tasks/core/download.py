@@ -41,7 +41,7 @@ from .annotations import Clip
 from .config import DownloadConfig
 from .errors import is_disk_full
 from .procs import die_with_parent_kwargs, patch_ytdlp_popen
-from .media import ProbeError, ffmpeg_exe, probe
+from .media import ProbeError, ffmpeg_command, ffmpeg_exe, probe
 from . import reports
 from .paths import UnsafePathError, clip_stem, is_partial, label_slug, partial_owner_alive, partial_prefix, safe_join
 
@@ -426,6 +426,15 @@ def run_ytdlp(url: str, outtmpl: str, cfg: DownloadConfig, *, section: tuple[flo
 
 
 # -- local cut and validation --------------------------------------------------------------------------------
+def trim_command(src: Path, dst: Path, start: float, duration: float, exe: str | None = None) -> list[str]:
+    """The ffmpeg argv of :func:`trim_video`: input seek, first video stream only, even size, H.264 MP4."""
+    return ffmpeg_command(str(src), str(dst), input_options={"ss": f"{float(start):.3f}"}, exe=exe, output_options={
+        "t": f"{duration:.3f}", "map": "0:V:0", "an": None, "sn": None, "dn": None,
+        "vf": "scale=trunc(iw/2)*2:trunc(ih/2)*2",  # yuv420p needs even sizes
+        "c:v": "libx264", "preset": "veryfast", "crf": 20, "pix_fmt": "yuv420p", "movflags": "+faststart", "f": "mp4",
+    })
+
+
 def trim_video(src: Path, dst: Path, start: float, end: float, *, timeout: float | None = None) -> Path:
     """Cut ``[start, end]`` out of ``src`` into an H.264 MP4 without audio, exact to the frame.
 
@@ -434,14 +443,7 @@ def trim_video(src: Path, dst: Path, start: float, end: float, *, timeout: float
     edit list) and ends a frame or two late. A 10 s cut costs ~0.8 s at 320x240 and ~2.5 s at 640x360 of
     pure-noise video on one core, small next to a download."""
     duration = max(float(end) - float(start), 0.001)
-    cmd = [
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-ss", f"{float(start):.3f}", "-i", str(src), "-t", f"{duration:.3f}",
-        "-map", "0:V:0", "-an", "-sn", "-dn",
-        "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2",  # yuv420p needs even sizes
-        "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
-        "-movflags", "+faststart", "-f", "mp4", str(dst),
-    ]
+    cmd = trim_command(src, dst, start, duration)
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout or max(120.0, 20 * duration), check=False,
                               **die_with_parent_kwargs())

@@ -3,6 +3,10 @@
 ffmpeg: the system's binary when there is one (``$VIVIT_FFMPEG``, then ``PATH``), else the static binary that
 the ``imageio-ffmpeg`` wheel ships, so no root install is ever needed. There is no ffprobe in that wheel, so
 probing goes through PyAV, which bundles its own FFmpeg libraries.
+
+Command lines are built with ``ffmpeg-python`` (:func:`ffmpeg_command`) and run by us as an argv list (never a
+shell), so process lifetime and error handling stay ours. Decoding stays on PyAV, measured fastest
+(``../shared/stack-notes.md``).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -95,6 +99,51 @@ def _rotation(container) -> int:
     return int(round(getattr(frame, "rotation", 0) or 0)) % 360
 
 
+def options_from_argv(argv: Sequence[str] | None) -> dict[str, Any]:
+    """``["-movflags", "+faststart", "-an"]`` -> ``{"movflags": "+faststart", "an": None}``: extra output options
+    given as ffmpeg tokens, in the keyword form ffmpeg-python takes (``None`` is a bare flag)."""
+    out: dict[str, Any] = {}
+    tokens = list(argv or [])
+    i = 0
+    while i < len(tokens):
+        key = tokens[i]
+        if not key.startswith("-") or len(key) < 2:
+            raise ValueError(f"expected an ffmpeg option such as -vf, got {key!r} in {tokens}")
+        has_value = i + 1 < len(tokens) and not (tokens[i + 1].startswith("-") and len(tokens[i + 1]) > 1
+                                                 and not tokens[i + 1][1:2].isdigit())
+        out[key[1:]] = tokens[i + 1] if has_value else None
+        i += 2 if has_value else 1
+    return out
+
+
+def ffmpeg_command(src: str, dst: str, *, input_options: dict[str, Any] | None = None,
+                   output_options: dict[str, Any] | None = None, exe: str | None = None) -> list[str]:
+    """The argv of one ffmpeg run (quiet, overwriting ``dst``), built by ffmpeg-python: ``input_options`` go before
+    ``-i src`` (``ss`` there is an accurate input seek), ``output_options`` before ``dst``."""
+    import ffmpeg
+
+    stream = ffmpeg.input(src, **(input_options or {})).output(dst, **(output_options or {}))
+    return stream.global_args("-hide_banner", "-nostdin", "-loglevel", "error").overwrite_output().compile(
+        cmd=exe or ffmpeg_exe())
+
+
+def encode_command(path: str | os.PathLike, width: int, height: int, *, fps: float = 25.0, codec: str = "libx264",
+                   crf: int = 23, gop: int | None = None, pix_fmt: str = "yuv420p",
+                   extra: Sequence[str] | None = None, exe: str | None = None) -> list[str]:
+    """Encode raw RGB24 frames read from stdin into ``path``."""
+    out: dict[str, Any] = {"an": None, "c:v": codec, "pix_fmt": pix_fmt}
+    if codec == "libx264":
+        out.update(crf=crf, preset="veryfast")
+    if gop:
+        out["g"] = gop
+    out.update(options_from_argv(extra))
+    cmd = ffmpeg_command("pipe:", str(path), input_options={"f": "rawvideo", "pix_fmt": "rgb24",
+                                                            "s": f"{width}x{height}", "r": f"{fps}"},
+                         output_options=out, exe=exe)
+    cmd.remove("-nostdin")  # the frames arrive on stdin
+    return cmd
+
+
 def encode_video(
     frames: Iterable[np.ndarray],
     path: str | os.PathLike,
@@ -111,16 +160,7 @@ def encode_video(
     first = next(it)
     h, w = first.shape[:2]
     path = Path(path)
-    cmd = [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-",
-        "-an", "-c:v", codec, "-pix_fmt", pix_fmt,
-    ]
-    if codec == "libx264":
-        cmd += ["-crf", str(crf), "-preset", "veryfast"]
-    if gop:
-        cmd += ["-g", str(gop)]
-    cmd += list(extra or []) + [str(path)]
+    cmd = encode_command(path, w, h, fps=fps, codec=codec, crf=crf, gop=gop, pix_fmt=pix_fmt, extra=extra)
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None
     try:
