@@ -15,7 +15,9 @@ skips what is on disk); every model then trains on the same dataset:
 Writes ``benchmarks/out/quality.md`` and ``quality.json`` and ends with
 ``real_test_f1=<default mean> ref_test_f1=<reference mean> worst_seed_test_f1=<default min>``.
 
-Usage: ``python benchmarks/quality.py [--config FILE] [--seeds 0 1 2] [--set train.epochs=30 ...] [--skip-data]``
+Usage: ``python benchmarks/quality.py [--config FILE] [--seeds 0 1 2] [--set train.epochs=30 ...] [--skip-data]
+[--rows default]`` (``--rows`` retrains only those rows and reuses the others from the last ``quality.json`` when
+their options and seeds are unchanged)
 (``make quality``). On 2 CPU cores with surv_fight: about 10 minutes per default-recipe seed.
 """
 from __future__ import annotations
@@ -93,18 +95,43 @@ def run_data_stages(config: PipelineConfig) -> None:
         raise SystemExit(f"data stage {failed[0]['stage']} failed: {failed[0].get('message')}")
 
 
-def train_rows(config: PipelineConfig, seeds: list[int], work: Path, progress: Path | None = None) -> dict[str, dict]:
-    """Every row x seed; with ``progress``, the runs so far are rewritten there after each one (a long benchmark
-    that is stopped still leaves its figures)."""
+def row_key(name: str) -> str:
+    """The short name ``--rows`` takes: ``default``, ``single``, ``frame-mlp``."""
+    return name.split()[0]
+
+
+def reuse_rows(previous: Path, wanted: dict[str, TrainOptions], seeds: list[int]) -> dict[str, dict]:
+    """Rows of an earlier run of this benchmark whose options and seeds are exactly the ones asked for now: a recipe
+    change that cannot touch a comparison row (e.g. ``diff_gap`` for the RGB rows) need not pay for it again."""
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot reuse rows from {previous}: {e}") from None
+    out = {}
+    for name, opts in wanted.items():
+        row = old.get("rows", {}).get(name)
+        if row is None or row.get("options") != opts.determining() or old.get("seeds") != seeds:
+            raise SystemExit(f"{previous} has no row {name!r} with these options and seeds {seeds}: train it "
+                             f"(add {row_key(name)} to --rows)")
+        out[name] = {**row, "reused_from": f"{previous.name} ({time.strftime('%Y-%m-%d', time.gmtime(previous.stat().st_mtime))})"}
+    return out
+
+
+def train_rows(config: PipelineConfig, seeds: list[int], work: Path, progress: Path | None = None,
+               only: list[str] | None = None) -> dict[str, dict]:
+    """Every row (or the ``only`` ones) x seed; with ``progress``, the runs so far are rewritten there after each one
+    (a long benchmark that is stopped still leaves its figures)."""
     from model.training import fit
 
     rows: dict[str, dict] = {}
     for name, opts in variants(config.train).items():
+        if only is not None and row_key(name) not in only:
+            continue
         runs = []
         for seed in seeds:
             started = time.time()
             r = fit(config.dataset_dir, opts.model_copy(update={"resume": False}), seed=seed,
-                    work_dir=work / f"{name.split()[0]}-{seed}")
+                    work_dir=work / f"{row_key(name)}-{seed}")
             val, test = r.val_metrics or {}, r.test_metrics or {}
             runs.append({"seed": seed, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
                          "val_accuracy": val.get("accuracy"), "val_f1": val.get("f1"),
@@ -133,13 +160,16 @@ def markdown(rows: dict[str, dict], reference: dict[str, dict], seeds: list[int]
     lines = ["| model | val accuracy | val macro F1 | test accuracy | test macro F1 | worst-seed test F1 | "
              "time per seed |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {ms(r, 'val_accuracy')} | {ms(r, 'val_f1')} | {ms(r, 'test_accuracy')} | "
+        mark = " †" if r.get("reused_from") else ""
+        lines.append(f"| {name}{mark} | {ms(r, 'val_accuracy')} | {ms(r, 'val_f1')} | {ms(r, 'test_accuracy')} | "
                      f"{ms(r, 'test_f1')} | {r.get('test_f1_min', float('nan')):.3f} | {r.get('seconds_mean', 0):.0f} s |")
     for name, r in reference.items():
         lines.append(f"| reference: {name} (logistic regression) | {r.get('val_accuracy', float('nan')):.3f} | "
                      f"{r.get('val_f1', float('nan')):.3f} | {r.get('test_accuracy', float('nan')):.3f} | "
                      f"{r.get('test_f1', float('nan')):.3f} | - | - |")
-    return "\n".join(lines) + f"\n\nseeds: {seeds}; ± is the standard deviation over seeds.\n"
+    reused = sorted({r["reused_from"] for r in rows.values() if r.get("reused_from")})
+    note = f" † reused from {', '.join(reused)}: same options, seeds and data." if reused else ""
+    return "\n".join(lines) + f"\n\nseeds: {seeds}; ± is the standard deviation over seeds.{note}\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -149,6 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--skip-data", action="store_true", help="use the stored dataset as it is")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    ap.add_argument("--rows", nargs="+", choices=["default", "single", "frame-mlp"], default=None,
+                    help="train only these rows; the others are reused from --out's quality.json when their options "
+                         "and seeds are the same (else an error)")
     args = ap.parse_args(argv)
     if args.config is None:
         if not SURV_FIGHT_DATA.is_file():
@@ -164,9 +197,15 @@ def main(argv: list[str] | None = None) -> dict:
         run_data_stages(config)
     data_seconds = time.time() - started
     reference = motion_reference(config.dataset_dir)
+    every = variants(config.train)
+    reused = {}
+    if args.rows is not None:
+        reused = reuse_rows(args.out / "quality.json", {n: o for n, o in every.items() if row_key(n) not in args.rows},
+                            args.seeds)
     with tempfile.TemporaryDirectory() as tmp:
         args.out.mkdir(parents=True, exist_ok=True)
-        rows = train_rows(config, args.seeds, Path(tmp), args.out / "quality.partial.json")
+        trained = train_rows(config, args.seeds, Path(tmp), args.out / "quality.partial.json", only=args.rows)
+    rows = {n: trained.get(n) or reused[n] for n in every}
     table = markdown(rows, reference, args.seeds)
     ref_f1 = reference["motion energy"].get("test_f1", float("nan"))
     default = rows["default"]

@@ -97,5 +97,6 @@ class TrainOptions(BaseModel):
                         diff_gap=self.diff_gap)
 
     def determining(self) -> dict[str, Any]:
-        """The options that decide what training computes (everything but :data:`EXECUTION_ONLY`)."""
-        return self.model_dump(mode="json", exclude=set(EXECUTION_ONLY))
+        """The options that decide what training computes (everything but :data:`EXECUTION_ONLY`; ``diff_gap`` only
+        where there are differences)."""
+        return self.model_dump(mode="json", exclude=set(EXECUTION_ONLY) | ({"diff_gap"} if self.input == "rgb" else set()))

@@ -55,6 +55,16 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
     assert json.loads((out / "quality.json").read_text())["summary"] == printed[-1]
     assert "| reference: motion energy (logistic regression) |" in (out / "quality.md").read_text()
 
+    # --rows retrains only the recipe's row; the comparison rows come from the run above, marked, unchanged
+    again = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data",
+                                     "--rows", "default"])
+    assert again["rows"]["frame-mlp (RGB)"]["runs"] == rows["frame-mlp (RGB)"]["runs"]
+    assert again["rows"]["frame-mlp (RGB)"]["reused_from"].startswith("quality.json")
+    assert "reused_from" not in again["rows"]["default"] and "| frame-mlp (RGB) † |" in (out / "quality.md").read_text()
+    with pytest.raises(SystemExit, match="no row 'single frame \\(RGB\\)' with these options"):
+        _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data",
+                                 "--rows", "default", "--set", "train.lr=0.002"])
+
 
 def test_quality_script_says_what_is_missing(tmp_path):
     with pytest.raises(SystemExit, match="config file not found|no manifest|ConfigError"):
