@@ -89,7 +89,7 @@ def test_deploy_run_and_work_against_loopback_server(loopback_server, tmp_path):
         "url_template": f"file://{src}/videos/{{youtube_id}}.mp4",
         "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
         "frames": {"num_frames": 4, "size": 32},
-        "train": {"view_frames": 3},
+        "train": {"view_frames": 2},
     }
     _cli(["work-pool", "create", "vivit-process", "--type", "process"], env)
     _cli(["--no-prompt", "deploy", "--all"], env, timeout=300)

@@ -56,7 +56,7 @@ def make_data_dir(root: Path, per_class: dict[str, int], *, bad: bool = True, re
 
 
 def config(data_dir: Path, **frames) -> PipelineConfig:
-    return PipelineConfig(data_dir=data_dir, classes=CLASSES, seed=3, train={"view_frames": 3},
+    return PipelineConfig(data_dir=data_dir, classes=CLASSES, seed=3, train={"view_frames": 2},
                           frames={"num_frames": 4, "size": 32, "workers": 2, **frames})
 
 

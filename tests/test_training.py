@@ -264,12 +264,14 @@ def test_three_classes_softmax_report_without_binary_extras(tmp_path):
 def test_default_recipe_learns_motion_from_frame_differences(tmp_path):
     """The default preset and input (conv stem, frame differences, random temporal views, two test views) learn
     the direction of motion, which no single frame shows."""
-    root = temporal_order_dataset(tmp_path / "ds", per_class={"train": 32, "val": 24, "test": 8}, num_frames=9, size=32)
+    root = temporal_order_dataset(tmp_path / "ds", per_class={"train": 32, "val": 24, "test": 8}, num_frames=10, size=32)
     defaults = TrainOptions()
-    assert (defaults.model, defaults.input) == ("vivit-fe-conv-tiny", "diff")
+    assert (defaults.model, defaults.input, defaults.diff_gap, defaults.selection) == (
+        "vivit-fe-conv-tiny", "diff", 2, "final")
     result = fit(root, TrainOptions(view_frames=8, epochs=6, batch_size=16, lr=1e-3, warmup_epochs=1.0,
-                                    augment=False, min_epochs=2), work_dir=tmp_path / "w")
-    assert result.view == ViewSpec(num_frames=8, input="diff", test_views=2)
+                                    augment=False), work_dir=tmp_path / "w")
+    assert result.view == ViewSpec(num_frames=8, input="diff", test_views=2, diff_gap=2)
+    assert result.best_epoch == 6 and not result.stopped_early  # the final weights are the ones kept
     assert result.val_metrics["accuracy"] >= 0.9, result.history
     lo, hi = result.val_metrics["accuracy_ci"]
     assert lo <= result.val_metrics["accuracy"] <= hi and hi - lo < 0.3
@@ -280,7 +282,7 @@ def test_default_recipe_learns_motion_from_frame_differences(tmp_path):
 def test_selection_smooths_the_val_score_and_waits_for_min_epochs():
     from model.training import TrainState
 
-    o = TrainOptions(selection_smoothing=0.5, min_epochs=3, patience=2, epochs=20)
+    o = TrainOptions(selection="best_val", selection_smoothing=0.5, min_epochs=3, patience=2, epochs=20)
     s = TrainState()
     # epoch 1 is a lucky spike before min_epochs: never selected
     assert [s.observe(e, f1, 1.0, o) for e, f1 in [(1, 0.9), (2, 0.5)]] == [False, False]
@@ -292,5 +294,15 @@ def test_selection_smooths_the_val_score_and_waits_for_min_epochs():
     assert not s.observe(6, 0.5, 1.0, o) and s.stopped_early
     # ties go to the lower loss
     t = TrainState()
-    o0 = TrainOptions(selection_smoothing=0.0, min_epochs=0)
+    o0 = TrainOptions(selection="best_val", selection_smoothing=0.0, min_epochs=0)
     assert t.observe(1, 0.7, 0.6, o0) and not t.observe(2, 0.7, 0.6, o0) and t.observe(3, 0.7, 0.5, o0)
+
+
+def test_final_selection_keeps_the_last_epoch_and_scores_it_smoothed():
+    from model.training import TrainState
+
+    s = TrainState()
+    o = TrainOptions(selection="final", selection_smoothing=0.5, patience=1, min_epochs=5, epochs=4)
+    assert all(s.observe(e, f1, 1.0, o) for e, f1 in [(1, 0.9), (2, 0.5), (3, 0.5), (4, 0.7)])
+    assert s.best_epoch == 4 and s.best_val_f1 == 0.7 and not s.stopped_early  # no patience, no min_epochs
+    assert s.best_score == pytest.approx(0.5 * (0.5 * (0.5 * 0.9 + 0.25) + 0.25) + 0.35)
