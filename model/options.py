@@ -3,9 +3,8 @@ the Prefect parameter form) and what :func:`model.training.fit` takes. Defined o
 stand alone (MLflow ships it as the logged model's code) while ``tasks/`` may import it.
 
 Defaults are the recipe measured on real clips (README, "Quality on real video"): the conv-stem factorised
-encoder on frame differences two stored frames apart, random temporal views in training and two averaged views at
-evaluation, and the weights at the end of the schedule (selecting an epoch on a small validation split picked
-noise there).
+encoder on frame differences, random temporal views in training and two averaged views at evaluation, model
+selection on a smoothed validation score.
 """
 from __future__ import annotations
 
@@ -38,7 +37,7 @@ class TrainOptions(BaseModel):
     )
     view_frames: int = Field(16, ge=1, description="positions per view (the network's T); <= frames.num_frames "
                              "(- diff_gap for diff)")
-    diff_gap: int = Field(2, ge=1, le=8, description="stored frames between the two frames of a difference (diff inputs)")
+    diff_gap: int = Field(1, ge=1, le=8, description="stored frames between the two frames of a difference (diff inputs)")
     test_views: int = Field(2, ge=1, le=16, description="views averaged at evaluation and prediction")
     epochs: int = Field(80, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(8, ge=1, description="clips per optimiser step")
@@ -52,9 +51,9 @@ class TrainOptions(BaseModel):
     )
     augment: bool = Field(True, description="random resized crop + flip, identical for every frame of a clip")
     crop_scale: float = Field(0.8, gt=0, le=1, description="smallest area fraction of the random resized crop")
-    selection: Literal["final", "best_val"] = Field(
-        "final", description="kept weights: final (the end of the cosine schedule; val only reports) or best_val "
-        "(the epoch with the best smoothed val macro F1, with min_epochs and patience)")
+    selection: Literal["best_val", "final"] = Field(
+        "best_val", description="kept weights: best_val (the epoch with the best smoothed val macro F1, with "
+        "min_epochs and patience) or final (the end of the cosine schedule; val only reports)")
     selection_smoothing: float = Field(
         0.8, ge=0, lt=1, description="EMA factor of the val macro F1: the selection score (best_val) and the "
         "champion score (both)")

@@ -8,13 +8,12 @@ What it does, and why:
   ``sampler`` draws training clips with a WeightedRandomSampler so every class is seen equally often.
 * Views (:mod:`model.views`): each training step sees one random temporal view per clip; evaluation averages the
   softmax of ``test_views`` fixed views, exactly as the packaged model does at prediction time.
-* Which weights are kept (``selection``). ``final``: the weights at the end of the cosine schedule, with no early
-  stopping; validation only reports. On real clips with 15-80 validation clips, picking an epoch on validation
-  picked noise: the selected epochs scored 0.02-0.05 lower on test than the final ones (README, "Quality on real
-  video"). ``best_val``: the epoch with the best EMA of the *validation macro F1* (accuracy flatters the majority
-  class; the EMA keeps a lucky epoch from deciding), never before ``min_epochs``, ties to the lower validation loss,
-  with early stopping after ``patience``. Either way the champion score is the smoothed val F1 of the kept epoch,
-  and the kept weights are evaluated once on the test split, with confidence intervals.
+* Which weights are kept (``selection``). ``best_val`` (default): the epoch with the best EMA of the *validation
+  macro F1* (accuracy flatters the majority class; the EMA keeps a lucky epoch on 15-80 validation clips from
+  deciding), never before ``min_epochs``, ties to the lower validation loss, early stopping after ``patience``.
+  ``final``: the weights at the end of the cosine schedule, no early stopping, validation only reports (measured
+  no better on real clips: README, "Quality on real video"). Either way the champion score is the smoothed val F1
+  of the kept epoch, and the kept weights are evaluated once on the test split, with confidence intervals.
 * A checkpoint after every epoch (``last.pt``, written atomically: model, optimiser, scheduler, epoch, RNG states,
   history, early-stopping state and a fingerprint of options + dataset) and the best weights (``best.pt``).
   ``resume=True`` continues an interrupted run from ``last.pt`` when the fingerprint matches, so a crash costs at

@@ -38,7 +38,7 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
         "data_dir": str(tmp_path / "data"), "annotations": [str(csv)],
         "url_template": f"file://{src}/videos/{{youtube_id}}.mp4", "frames": {"num_frames": 10, "size": 32},
         "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
-        "train": {"view_frames": 8, "epochs": 1, "batch_size": 4},
+        "train": {"view_frames": 8, "epochs": 1, "batch_size": 4, "min_epochs": 0},
     }))
     out = tmp_path / "out"
     result = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out)])

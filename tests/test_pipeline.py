@@ -31,7 +31,7 @@ def _config(tmp_path, demo_source, **train) -> PipelineConfig:
         "url_template": f"file://{src}/videos/{{youtube_id}}.mp4",
         "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
         "frames": {"num_frames": 6, "size": 32},
-        "train": {"view_frames": 4, "epochs": 2, "batch_size": 4, **train},
+        "train": {"view_frames": 4, "epochs": 2, "batch_size": 4, "patience": None, "min_epochs": 0, **train},
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "e2e", "model_name": "e2e"},
     })
 
