@@ -139,7 +139,7 @@ def test_the_checkpoint_says_what_it_sees(videomae_ckpt, videomae_pretraining_ck
     assert (got["vit"].mean, got["vit"].std) == ((0.4, 0.3, 0.2), (0.2, 0.25, 0.3))
 
 
-def test_the_pipeline_config_follows_the_checkpoint(videomae_ckpt, vit_ckpt):
+def test_the_pipeline_config_follows_the_checkpoint(videomae_ckpt, vit_ckpt, tmp_path, monkeypatch):
     from tasks.core.config import ConfigError, load_config
 
     folder = str(videomae_ckpt[0])
@@ -158,6 +158,11 @@ def test_the_pipeline_config_follows_the_checkpoint(videomae_ckpt, vit_ckpt):
     vit = ["train.input=rgb", f"train.init={vit_ckpt[0]}"]
     assert load_config(None, vit).frames.size == S and load_config(None, [*vit, "frames.size=64"]).frames.size == 64
     assert load_config(None, vit).train.view_frames == 16
+    # a hub id is looked up when the config is read (its config files only), and offline that is a clear error
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ConfigError, match="nobody-here/no-such-model.*HF_HUB_OFFLINE is set"):
+        load_config(None, ["train.input=rgb", "train.init=nobody-here/no-such-model"])
 
 
 def test_an_image_vit_initialises_the_factorised_encoder(vit_ckpt):
