@@ -3,7 +3,8 @@ through :func:`torch.nn.functional.scaled_dot_product_attention` and stochastic 
 
 Numerics follow ViViT's reference implementation (Scenic, JAX), as timm's ViT and HF's ViViT port do: LayerNorm
 with eps 1e-6 and the tanh approximation of GELU (flax's ``nn.gelu`` default). PyTorch runs that GELU as one fused
-kernel, forward and backward."""
+kernel, forward and backward. Checkpoints trained in PyTorch (VideoMAE, HF's image ViT) used exact GELU and eps
+1e-12: ``act`` and ``norm_eps`` let a loaded model compute their function instead of an approximation of it."""
 from __future__ import annotations
 
 from functools import partial
@@ -16,6 +17,7 @@ from torch import nn
 
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+GELU_APPROXIMATION = {"gelu_tanh": "tanh", "gelu": "none"}  # act name -> nn.GELU(approximate=...)
 
 
 def check_positive(config: Any, *names: str) -> None:
@@ -96,10 +98,10 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0, act: str = "gelu_tanh") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate=GELU_APPROXIMATION[act])
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
 
@@ -120,12 +122,14 @@ class Block(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         drop_path: float = 0.0,
+        act: str = "gelu_tanh",
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.norm1 = LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, heads=heads, qkv_bias=qkv_bias, attn_dropout=attn_dropout, dropout=dropout)
-        self.norm2 = LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout, act=act)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, *, num_queries: int | None = None) -> torch.Tensor:
@@ -139,7 +143,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of :class:`Block` with linearly increasing stochastic depth, and a final LayerNorm."""
+    """A stack of :class:`Block` with linearly increasing stochastic depth, and a final LayerNorm (``final_norm=False``:
+    none, for a model that normalises after pooling instead)."""
 
     def __init__(
         self,
@@ -152,6 +157,9 @@ class Transformer(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         drop_path: float | list[float] = 0.0,
+        act: str = "gelu_tanh",
+        norm_eps: float = 1e-6,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         rates = drop_path if isinstance(drop_path, list) else stochastic_depth_rates(drop_path, depth)
@@ -159,10 +167,10 @@ class Transformer(nn.Module):
             raise ValueError(f"need {depth} drop path rates, got {len(rates)}")
         self.blocks = nn.ModuleList(
             Block(dim, heads=heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=dropout,
-                  attn_dropout=attn_dropout, drop_path=r)
+                  attn_dropout=attn_dropout, drop_path=r, act=act, norm_eps=norm_eps)
             for r in rates
         )
-        self.norm = LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if final_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, *, keep: int | None = None) -> torch.Tensor:
         """``keep=n`` returns only the first ``n`` tokens ``(B, n, D)``, the same values as ``forward(x)[:, :n]``:

@@ -16,32 +16,26 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from model.views import ViewSpec, eval_views, to_network_input
-
-# ImageNet statistics: what image-pretrained patch embeddings (central-frame init) expect.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from model.views import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD, ViewSpec, eval_views, normalise, to_network_input
 
 
 def preprocess(frames: np.ndarray | torch.Tensor, spec: ViewSpec | None = None) -> torch.Tensor:
     """uint8 ``(B, N, H, W, 3)`` RGB (numpy or tensor, any device) -> float32 ``(B, T, C, H, W)`` on the input's
-    device (CPU for numpy). Without ``spec``: every frame, RGB normalised with the ImageNet mean/std (``T = N``).
-    With ``spec``: ``N`` must be one view's ``spec.frames_per_view`` frames (:func:`model.views.view_indices`),
-    turned into the spec's input form."""
+    device (CPU for numpy). Without ``spec``: every frame, RGB normalised with the ImageNet mean/std (``T = N``;
+    models packaged before views existed). With ``spec``: ``N`` must be one view's ``spec.frames_per_view`` frames
+    (:func:`model.views.view_indices`), turned into the spec's input form with the spec's mean/std."""
     x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
     if x.ndim != 5 or x.shape[-1] != 3:
         raise ValueError(f"expected frames (B, T, H, W, 3), got {tuple(x.shape)}")
     if x.dtype != torch.uint8:
         raise ValueError(f"expected uint8 frames, got {x.dtype}")
-    mean = torch.tensor(MEAN, device=x.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 1, 3, 1, 1)
     x = rearrange(x, "b t h w c -> b t c h w").float().div_(255.0)
     if spec is None:
-        return (x - mean) / std
+        return normalise(x, MEAN, STD)
     if x.shape[1] != spec.frames_per_view:
         raise ValueError(f"a '{spec.input}' view of {spec.num_frames} positions is {spec.frames_per_view} frames, "
                          f"got {x.shape[1]}")
-    return to_network_input(x, spec, mean, std)
+    return to_network_input(x, spec)
 
 
 def view_probabilities(forward: nn.Module, views: torch.Tensor, spec: ViewSpec) -> torch.Tensor:

@@ -1,9 +1,17 @@
 """Start a ViViT from pretrained weights instead of from scratch (``train.init``), as practitioners fine-tune.
 
-* **Video checkpoints** (Hugging Face ``model_type: vivit``, e.g. ``google/vivit-b-16x2-kinetics400``) load into the
-  project's *joint* ViViT (model 1), which computes HF's function with HF's weights (q/k/v fused, the same tanh GELU
-  and LayerNorm eps; ``benchmarks/training.py`` and the tests check it). The checkpoint decides the architecture
-  and the input (frames, size); the classifier head is new, for the configured classes.
+* **Video checkpoints** load into the project's *joint* ViViT (model 1), which computes the source model's function
+  with its weights (q/k/v fused; the checkpoint's GELU and LayerNorm eps; ``benchmarks/training.py`` and the tests
+  check it). The checkpoint decides the architecture and the input (frames, size, mean/std); the classifier head is
+  new, for the configured classes.
+
+  - ViViT (HF ``model_type: vivit``, e.g. ``google/vivit-b-16x2-kinetics400``): CLS pooling, learned positions.
+  - VideoMAE (HF ``model_type: videomae``: ``MCG-NJU/videomae-base`` (self-supervised pretraining, encoder only is
+    used) and ``MCG-NJU/videomae-base-finetuned-kinetics``): no CLS token, so ``pool="mean"``; with
+    ``use_mean_pooling`` the final LayerNorm follows the mean (``fc_norm``), else it normalises the tokens. Its
+    fixed sinusoidal position table (not in the weights file; recomputed here, :func:`sinusoid_table`) becomes the
+    start of our learned position embedding. Its attention has q and v biases but none on k: k's bias is zero
+    (a k bias shifts every score of a query by the same amount, so softmax ignores it either way).
 * **Image checkpoints** (HF ``model_type: vit``, e.g. ``google/vit-base-patch16-224``) initialise the *factorised
   encoder* (model 2) the way the ViViT paper does (Sec. 3.4): the image ViT becomes the spatial transformer (its
   blocks, final norm, CLS token and position embeddings, interpolated to the clip's patch grid), its 2D patch
@@ -18,28 +26,37 @@
 :func:`freeze` then keeps part of it fixed (``train.freeze``): ``backbone`` (a linear probe: only the head
 learns) or the first N blocks (with the embeddings before them).
 
-Not done here (see README): VideoMAE checkpoints (no CLS token, fixed sinusoidal positions, q/v-only biases,
-exact GELU and a mean-pooling norm: a different block), and taking the normalisation mean/std from the
-checkpoint's processor (the project normalises with ImageNet's statistics everywhere).
+**The checkpoint decides the data.** :func:`checkpoint_input` reads only ``config.json`` and
+``preprocessor_config.json`` (no weights) and says what the checkpoint was trained to see: frames per clip, image
+size and the RGB mean/std (its processor's ``image_mean``/``image_std``, else the family's: ImageNet's for VideoMAE,
+0.5 for ViViT and ViT). The pipeline config takes frames and size from it (``tasks.core.config``) and training puts
+mean/std into the :class:`~model.views.ViewSpec` that travels with the weights. Mean/std apply to ``[0, 1]``
+pixels (HF's ViViT processor additionally offsets to ``[-1, 1]`` first; ViViT's JAX reference, whose function the
+weights are, feeds ``[-1, 1]``, which is what 0.5/0.5 on ``[0, 1]`` gives).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from model.views import IMAGENET_MEAN, IMAGENET_STD
 from model.vivit import ViViT, ViViTConfig, inflate_patch_embedding
 
 Inflation = Literal["central", "filter"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TANH_GELU = {"gelu_fast", "gelu_pytorch_tanh", "gelu_new"}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_CONFIG_FILES = ("config.json", "preprocessor_config.json")
+# RGB statistics per family when a checkpoint comes without preprocessor_config.json (its HF processor's defaults).
+_FAMILY_MEAN_STD = {"videomae": (IMAGENET_MEAN, IMAGENET_STD), "vivit": ((0.5,) * 3, (0.5,) * 3),
+                    "vit": ((0.5,) * 3, (0.5,) * 3)}
 
 
 class PretrainedError(ValueError):
@@ -47,8 +64,9 @@ class PretrainedError(ValueError):
 
 
 # -- finding and reading a checkpoint ---------------------------------------------------------------------------
-def resolve(init: str) -> Path:
-    """The checkpoint folder: ``init`` itself when it is a folder, else a snapshot of hub id ``init``."""
+def resolve(init: str, *, weights: bool = True) -> Path:
+    """The checkpoint folder: ``init`` itself when it is a folder, else a snapshot of hub id ``init`` (its config
+    files only unless ``weights``: what reading a config needs)."""
     p = Path(init).expanduser()
     if p.is_dir():
         return p
@@ -61,7 +79,7 @@ def resolve(init: str) -> Path:
                               "(pip install transformers, or save the checkpoint to a folder)") from e
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
-        return Path(snapshot_download(init, allow_patterns=["config.json", "preprocessor_config.json", *_WEIGHT_FILES]))
+        return Path(snapshot_download(init, allow_patterns=[*_CONFIG_FILES, *(_WEIGHT_FILES if weights else ())]))
     except Exception as e:  # noqa: BLE001 - hub errors come in many classes; all mean "not available"
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
         raise PretrainedError(f"cannot get checkpoint {init!r} from the Hugging Face hub ({why})") from e
@@ -70,10 +88,7 @@ def resolve(init: str) -> Path:
 def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(config.json, state dict)`` of a ``save_pretrained`` folder."""
     folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise PretrainedError(f"{folder}: no config.json (a Hugging Face save_pretrained folder is expected)")
-    config = json.loads(cfg_path.read_text())
+    config = _read_json(folder / "config.json", str(folder))
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
@@ -83,24 +98,68 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     raise PretrainedError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
-def checkpoint_input(config: dict[str, Any]) -> tuple[int | None, int]:
-    """``(frames, image size)`` the checkpoint was trained on (frames ``None`` for an image model)."""
-    return config.get("num_frames"), int(config.get("image_size", 224))
+@dataclass(frozen=True)
+class CheckpointInput:
+    """What a checkpoint was trained to see. ``frames`` is ``None`` for an image model; ``size_fixed`` is False
+    when another size still loads (an image ViT's position grid is interpolated), True for video checkpoints,
+    whose position embeddings cover exactly their frames x size grid."""
+
+    kind: str
+    frames: int | None
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    size_fixed: bool
+
+
+def checkpoint_input(init: str) -> CheckpointInput:
+    """Frames, size and RGB mean/std of checkpoint ``init`` from its config files alone: a folder is read in place,
+    a hub id fetches ``config.json`` and ``preprocessor_config.json`` (see :func:`resolve`)."""
+    folder = resolve(init, weights=False)
+    return _input_of(_read_json(folder / "config.json", init), _read_json(folder / "preprocessor_config.json", init,
+                                                                          required=False))
+
+
+def _read_json(path: Path, init: str, *, required: bool = True) -> dict[str, Any]:
+    if not path.is_file():
+        if required:
+            raise PretrainedError(f"{path.parent}: no {path.name} (a Hugging Face save_pretrained folder is expected)")
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise PretrainedError(f"{init}: {path.name} is not valid JSON ({e})") from None
+
+
+def _input_of(config: dict[str, Any], processor: dict[str, Any]) -> CheckpointInput:
+    kind = str(config.get("model_type"))
+    if kind not in _FAMILY_MEAN_STD:
+        raise PretrainedError(f"model_type {kind!r} is not supported; use VideoMAE ('videomae'), ViViT ('vivit') or "
+                              "an image ViT ('vit')")
+    mean, std = _FAMILY_MEAN_STD[kind]
+    mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
+    if isinstance(mean, (int, float)):
+        mean = [mean] * 3
+    if isinstance(std, (int, float)):
+        std = [std] * 3
+    frames = config.get("num_frames") if kind != "vit" else None
+    return CheckpointInput(kind=kind, frames=None if frames is None else int(frames),
+                           size=int(config.get("image_size", 224)), mean=tuple(float(m) for m in mean),
+                           std=tuple(float(v) for v in std), size_fixed=kind != "vit")
 
 
 def _strip(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in sd.items()}
 
 
-def _check_block_numerics(config: dict[str, Any], init: str) -> list[str]:
-    """Our blocks use tanh GELU and LayerNorm eps 1e-6 (ViViT's JAX reference); other values still load but then
-    only approximate the source model: the fine-tune absorbs it, and the caller is told."""
-    notes = []
-    if config.get("hidden_act", "gelu") not in _TANH_GELU:
-        notes.append(f"{init}: trained with {config.get('hidden_act', 'gelu')!r} activation, loaded into tanh-GELU blocks")
-    if abs(float(config.get("layer_norm_eps", 1e-6)) - 1e-6) > 1e-9:
-        notes.append(f"{init}: LayerNorm eps {config.get('layer_norm_eps')} differs from ours (1e-6)")
-    return notes
+def _numerics(config: dict[str, Any], init: str) -> tuple[dict[str, Any], list[str]]:
+    """Our blocks' GELU (tanh or exact) and LayerNorm eps as the checkpoint's. Another activation still loads, into
+    exact-GELU blocks that then only approximate the source model: the fine-tune absorbs it, and the caller is told."""
+    act_name = config.get("hidden_act", "gelu")
+    act = "gelu_tanh" if act_name in _TANH_GELU else "gelu"
+    notes = [] if act_name in (*_TANH_GELU, "gelu") else [
+        f"{init}: trained with {act_name!r} activation, loaded into GELU blocks"]
+    return {"act": act, "norm_eps": float(config.get("layer_norm_eps", 1e-6))}, notes
 
 
 def _block_weights(sd: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
@@ -124,10 +183,11 @@ def _block_weights(sd: dict[str, torch.Tensor], src: str, dst: str) -> dict[str,
     return out
 
 
-def _architecture(config: dict[str, Any]) -> dict[str, Any]:
+def _architecture(config: dict[str, Any], init: str) -> dict[str, Any]:
     dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
     return {"dim": dim, "heads": heads, "depth": int(config["num_hidden_layers"]),
-            "mlp_ratio": int(config["intermediate_size"]) / dim, "qkv_bias": bool(config.get("qkv_bias", True))}
+            "mlp_ratio": int(config["intermediate_size"]) / dim, "qkv_bias": bool(config.get("qkv_bias", True)),
+            **_numerics(config, init)[0]}
 
 
 def _check_input(init: str, want: tuple[int | None, int], have: tuple[int, int]) -> None:
@@ -145,22 +205,28 @@ def build_pretrained(init: str, preset: ViViTConfig, *, inflation: Inflation = "
     folder = resolve(init)
     config, sd = read_checkpoint(folder)
     kind = config.get("model_type")
-    notes = _check_block_numerics(config, init)
+    notes = _numerics(config, init)[1]
     if kind == "vivit":
         return _from_vivit(init, config, sd, preset), notes
+    if kind == "videomae":
+        return _from_videomae(init, config, sd, preset), notes
     if kind == "vit":
         return _from_image_vit(init, config, sd, preset, inflation), notes
-    if kind == "videomae":
-        raise PretrainedError(f"{init}: VideoMAE checkpoints are not supported yet (use a ViViT or an image ViT)")
-    raise PretrainedError(f"{init}: model_type {kind!r} is not supported; use a ViViT ('vivit') or image ViT ('vit')")
+    raise PretrainedError(f"{init}: model_type {kind!r} is not supported; use VideoMAE ('videomae'), ViViT ('vivit') "
+                          "or an image ViT ('vit')")
+
+
+def _video_input(init: str, config: dict[str, Any], preset: ViViTConfig) -> None:
+    src = _input_of(config, {})
+    _check_input(init, (src.frames, src.size), (preset.num_frames, preset.image_size))
 
 
 def _from_vivit(init: str, config: dict[str, Any], sd: dict[str, torch.Tensor], preset: ViViTConfig) -> ViViT:
-    _check_input(init, checkpoint_input(config), (preset.num_frames, preset.image_size))
+    _video_input(init, config, preset)
     t, p, _ = config.get("tubelet_size", [2, 16, 16])
-    cfg = replace(preset, variant="joint", pool="cls", tubelet_size=int(t), patch_size=int(p), motion_init=False,
-                  stem="linear",
-                  in_channels=int(config.get("num_channels", 3)), **_architecture(config))
+    cfg = replace(preset, variant="joint", pool="cls", fc_norm=False, tubelet_size=int(t), patch_size=int(p),
+                  motion_init=False, stem="linear", in_channels=int(config.get("num_channels", 3)),
+                  **_architecture(config, init))
     model = ViViT.from_config(cfg)
     sd = _strip(sd, "vivit.")
     new = {
@@ -176,13 +242,54 @@ def _from_vivit(init: str, config: dict[str, Any], sd: dict[str, torch.Tensor], 
     return model
 
 
+def _from_videomae(init: str, config: dict[str, Any], sd: dict[str, torch.Tensor], preset: ViViTConfig) -> ViViT:
+    """``VideoMAEForVideoClassification``, ``VideoMAEModel`` or ``VideoMAEForPreTraining`` weights (the decoder of
+    the last is not used)."""
+    _video_input(init, config, preset)
+    mean_pooling = bool(config.get("use_mean_pooling", True))
+    cfg = replace(preset, variant="joint", pool="mean", fc_norm=mean_pooling,
+                  tubelet_size=int(config.get("tubelet_size", 2)), patch_size=int(config.get("patch_size", 16)),
+                  motion_init=False, stem="linear", in_channels=int(config.get("num_channels", 3)),
+                  **(_architecture(config, init) | {"qkv_bias": True}))  # absent q/v biases load as zeros
+    model = ViViT.from_config(cfg)
+    head_norm = {k: sd[f"fc_norm.{k}"] for k in ("weight", "bias") if f"fc_norm.{k}" in sd}
+    sd = _strip(sd, "videomae.")
+    new = {
+        "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+        "pos_embed": sinusoid_table(cfg.num_temporal * cfg.num_spatial, cfg.dim),
+    }
+    if mean_pooling:  # fc_norm belongs to the classification model; a bare encoder's starts as the identity
+        new |= {f"fc_norm.{k}": v for k, v in head_norm.items()}
+    else:
+        new |= {"encoder.norm.weight": sd["layernorm.weight"], "encoder.norm.bias": sd["layernorm.bias"]}
+    for i in range(cfg.depth):
+        src = f"encoder.layer.{i}.attention.attention."
+        q_bias = sd.get(f"{src}q_bias", torch.zeros(cfg.dim))
+        biases = {"query": q_bias, "key": torch.zeros_like(q_bias), "value": sd.get(f"{src}v_bias", torch.zeros(cfg.dim))}
+        block = sd | {f"{src}{name}.bias": b for name, b in biases.items()}
+        new |= _block_weights(block, f"encoder.layer.{i}.", f"encoder.blocks.{i}.")
+    _load(model, new)
+    return model
+
+
+def sinusoid_table(n: int, dim: int) -> torch.Tensor:
+    """VideoMAE's fixed position table ``(1, n, dim)``: position ``p``, channel ``j`` is ``sin`` (even ``j``) or
+    ``cos`` (odd ``j``) of ``p / 10000^(2 floor(j/2) / dim)``, as in "Attention Is All You Need"."""
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    j = torch.arange(dim)
+    angle = pos / torch.pow(10000.0, (2 * (j // 2)).double() / dim)
+    table = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.float().unsqueeze(0)
+
+
 def _from_image_vit(init: str, config: dict[str, Any], sd: dict[str, torch.Tensor], preset: ViViTConfig,
                     inflation: Inflation) -> ViViT:
     p = int(config.get("patch_size", 16))
     fe = preset.variant == "factorised_encoder"
     cfg = replace(preset, variant="factorised_encoder", patch_size=p, motion_init=False, stem="linear",
                   temporal_depth=preset.temporal_depth if fe else 4, tubelet_size=preset.tubelet_size,
-                  in_channels=int(config.get("num_channels", 3)), **_architecture(config))
+                  fc_norm=False, in_channels=int(config.get("num_channels", 3)), **_architecture(config, init))
     model = ViViT.from_config(cfg)
     sd = _strip(sd, "vit.")
     w2d = sd["embeddings.patch_embeddings.projection.weight"]

@@ -38,7 +38,7 @@ import os
 import random
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -350,10 +350,12 @@ def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path, not
     device = resolve_device(opts.device)
     seed_everything(seed)
     if opts.init:
-        from model.pretrained import build_pretrained
+        from model.pretrained import build_pretrained, checkpoint_input
 
         network, init_notes = build_pretrained(opts.init, get_config(opts.model, **build), inflation=opts.init_inflation)
         notes.extend(init_notes)
+        source = checkpoint_input(opts.init)  # the checkpoint's RGB statistics travel with the model, in its view
+        view = replace(view, mean=source.mean, std=source.std)
     else:
         network = build_model(opts.model, **build)
     if opts.freeze not in ("none", 0, None):

@@ -21,6 +21,11 @@ Pair inputs take frames ``(p, p + g)`` for each position ``p`` of ``F - g`` cand
 stored frames, so a view is ``2T`` stored frames in the order ``a0, b0, a1, b1, ...``; :func:`to_network_input` turns
 them into ``T`` network frames. A wider gap spans more time per difference: more displacement per moving edge,
 the same number of frames decoded.
+
+RGB is normalised with the spec's ``mean``/``std``: ImageNet's for a model trained from scratch (and for every
+checkpoint written before the fields existed), the pretrained checkpoint's own processor statistics after a
+``train.init`` start (:mod:`model.pretrained`). The spec travels with the weights, so evaluation, ``vivit predict``
+and the served models normalise exactly as training did.
 """
 from __future__ import annotations
 
@@ -34,19 +39,30 @@ InputMode = Literal["rgb", "diff", "rgb_diff"]
 INPUT_MODES: tuple[str, ...] = ("rgb", "diff", "rgb_diff")
 # Frame differences of [0, 1] pixels are small and mostly zero: dividing by this puts moving edges near unit scale.
 DIFF_SCALE = 0.1
+# ImageNet statistics: what image-pretrained patch embeddings expect, and the from-scratch default.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class ViewSpec:
     """How a network looks at a stored clip: ``num_frames`` positions per view, the ``input`` form and how many
-    views are averaged at evaluation and prediction time. Travels with every checkpoint and packaged model."""
+    views are averaged at evaluation and prediction time, and the RGB normalisation. Travels with every checkpoint
+    and packaged model."""
 
     num_frames: int = 16
     input: InputMode = "diff"
     test_views: int = 2
     diff_gap: int = 1  # 1 for checkpoints written before the field existed
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per RGB channel, of [0, 1] pixels
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
+        for name in ("mean", "std"):  # checkpoints store lists (JSON-like): keep the spec hashable and comparable
+            v = tuple(float(c) for c in getattr(self, name))
+            if len(v) != 3 or (name == "std" and min(v) <= 0):
+                raise ValueError(f"{name} must be 3 per-channel values{' > 0' if name == 'std' else ''}, got {v}")
+            object.__setattr__(self, name, v)
         if not isinstance(self.num_frames, int) or self.num_frames < 1:
             raise ValueError(f"view num_frames must be a positive integer, got {self.num_frames!r}")
         if self.input not in INPUT_MODES:
@@ -113,13 +129,20 @@ def eval_views(frames: np.ndarray | torch.Tensor, spec: ViewSpec) -> np.ndarray 
     return frames[..., idx, :, :, :]
 
 
-def to_network_input(x: torch.Tensor, spec: ViewSpec, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(B, T, 3, H, W)`` float RGB in ``[0, 1]``, per-channel ``(x - mean) / std``."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 1, 3, 1, 1)
+    return (x - m) / s
+
+
+def to_network_input(x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
     """``(B, frames_per_view, 3, H, W)`` float frames in ``[0, 1]`` -> ``(B, T, channels, H, W)``: RGB normalised
-    with ``mean``/``std``, differences divided by :data:`DIFF_SCALE`."""
+    with the spec's ``mean``/``std``, differences divided by :data:`DIFF_SCALE`."""
     if spec.input == "rgb":
-        return (x - mean) / std
+        return normalise(x, spec.mean, spec.std)
     a, b = x[:, 0::2], x[:, 1::2]  # (B, T, 3, H, W) each
     diff = (b - a) / DIFF_SCALE
     if spec.input == "diff":
         return diff
-    return torch.cat([(a - mean) / std, diff], dim=2)
+    return torch.cat([normalise(a, spec.mean, spec.std), diff], dim=2)

@@ -19,6 +19,11 @@ barely fitted the training set, the conv stem did (README, "Quality on real vide
 Tubelets can be initialised from a 2D (image) patch embedding with "central frame" initialisation
 (:func:`inflate_patch_embedding`), Sec. 3.4, so image-pretrained ViT patch weights can be loaded.
 
+Pooling: the CLS token (``pool="cls"``), or the mean of the tokens (``pool="mean"``). With ``fc_norm`` the
+final LayerNorm moves from the tokens to their mean (VideoMAE's mean pooling, so its fine-tuned checkpoints load;
+:mod:`model.pretrained`). ``act`` and ``norm_eps`` pick the GELU and LayerNorm eps of the blocks: the defaults are
+the JAX reference's; checkpoints trained in PyTorch name theirs.
+
 Input is a float clip ``(B, T, C, H, W)``, normalised as :func:`model.predict.preprocess` does.
 """
 from __future__ import annotations
@@ -61,6 +66,9 @@ class ViViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     pool: Literal["cls", "mean"] = "cls"
+    fc_norm: bool = False  # final LayerNorm on the pooled mean instead of on every token (needs pool="mean")
+    act: Literal["gelu_tanh", "gelu"] = "gelu_tanh"  # the blocks' GELU: tanh approximation or exact
+    norm_eps: float = 1e-6
     dropout: float = 0.0
     attn_dropout: float = 0.0
     head_dropout: float = 0.0
@@ -83,6 +91,12 @@ class ViViTConfig:
             raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.variant == "factorised_self_attention" and self.pool != "mean":
             raise ValueError("factorised_self_attention (model 3) has no CLS token: use pool='mean'")
+        if self.fc_norm and (self.pool != "mean" or self.variant != "joint"):
+            raise ValueError("fc_norm (a LayerNorm after mean pooling) needs variant='joint' and pool='mean'")
+        if self.act not in ("gelu_tanh", "gelu"):
+            raise ValueError(f"act must be 'gelu_tanh' or 'gelu', got {self.act!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
         if self.num_frames % self.tubelet_size:
             raise ValueError(f"num_frames {self.num_frames} must be a multiple of tubelet_size {self.tubelet_size}")
         if self.image_size % self.patch_size:
@@ -155,12 +169,12 @@ class FactorisedSelfAttentionBlock(nn.Module):
     """Model 3 block on ``(B, nt, S, D)``: spatial attention, temporal attention, MLP, each pre-norm + residual."""
 
     def __init__(self, dim: int, *, heads: int, mlp_ratio: float, qkv_bias: bool, dropout: float,
-                 attn_dropout: float, drop_path: float) -> None:
+                 attn_dropout: float, drop_path: float, act: str, norm_eps: float) -> None:
         super().__init__()
         kw = dict(heads=heads, qkv_bias=qkv_bias, attn_dropout=attn_dropout, dropout=dropout)
-        self.norm_s, self.attn_s = LayerNorm(dim), Attention(dim, **kw)
-        self.norm_t, self.attn_t = LayerNorm(dim), Attention(dim, **kw)
-        self.norm2, self.mlp = LayerNorm(dim), Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
+        self.norm_s, self.attn_s = LayerNorm(dim, eps=norm_eps), Attention(dim, **kw)
+        self.norm_t, self.attn_t = LayerNorm(dim, eps=norm_eps), Attention(dim, **kw)
+        self.norm2, self.mlp = LayerNorm(dim, eps=norm_eps), Mlp(dim, int(dim * mlp_ratio), dropout=dropout, act=act)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +200,7 @@ class ViViT(nn.Module):
         self.config = cfg
         d, nt, ns = cfg.dim, cfg.num_temporal, cfg.num_spatial
         block_kw = dict(heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, dropout=cfg.dropout,
-                        attn_dropout=cfg.attn_dropout)
+                        attn_dropout=cfg.attn_dropout, act=cfg.act, norm_eps=cfg.norm_eps)
         use_cls = cfg.pool == "cls"
 
         embed_kw = dict(in_channels=cfg.in_channels, dim=d, tubelet_size=cfg.tubelet_size, patch_size=cfg.patch_size)
@@ -196,7 +210,8 @@ class ViViT(nn.Module):
         if cfg.variant == "joint":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if use_cls else None
             self.pos_embed = nn.Parameter(torch.zeros(1, nt * ns + int(use_cls), d))
-            self.encoder = Transformer(d, depth=cfg.depth, drop_path=cfg.drop_path, **block_kw)
+            self.encoder = Transformer(d, depth=cfg.depth, drop_path=cfg.drop_path, final_norm=not cfg.fc_norm,
+                                       **block_kw)
         elif cfg.variant == "factorised_encoder":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if use_cls else None
             self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, d)) if use_cls else None
@@ -212,7 +227,8 @@ class ViViT(nn.Module):
                 FactorisedSelfAttentionBlock(d, drop_path=r, **block_kw)
                 for r in stochastic_depth_rates(cfg.drop_path, cfg.depth)
             )
-            self.norm = LayerNorm(d)
+            self.norm = LayerNorm(d, eps=cfg.norm_eps)
+        self.fc_norm = LayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else None
         self.head_drop = nn.Dropout(cfg.head_dropout)
         self.head = nn.Linear(d, cfg.num_classes)
         self.apply(init_weights)
@@ -263,7 +279,8 @@ class ViViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Encoded tokens after the final LayerNorm: ``(B, N, D)`` for joint (N = all tokens [+ CLS]) and the
-        factorised encoder (N = temporal tokens [+ CLS]); ``(B, nt*S, D)`` for factorised self-attention."""
+        factorised encoder (N = temporal tokens [+ CLS]); ``(B, nt*S, D)`` for factorised self-attention. With
+        ``fc_norm`` the tokens are not normalised: the LayerNorm comes after pooling, in :meth:`forward_head`."""
         return self._encode(x, cls_only=False)
 
     def _encode(self, x: torch.Tensor, *, cls_only: bool) -> torch.Tensor:
@@ -298,6 +315,8 @@ class ViViT(nn.Module):
 
     def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0] if self.config.pool == "cls" else x.mean(dim=1)
+        if self.fc_norm is not None:
+            x = self.fc_norm(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 

@@ -187,9 +187,11 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
                   "epochs": result.epoch_reports, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}
         tracking.log_dict(report, "report/classification_report.json")
 
+        view = result.view  # the trained one: a pretrained start brings its checkpoint's mean/std
         metadata = {"classes": classes, "num_frames": num_frames, "image_size": size, "preset": config.train.model,
                     "sampling": dataset_info.get("sampling", "uniform segment centres"), "train_key": key,
-                    "view": {"num_frames": view.num_frames, "input": view.input, "test_views": view.test_views}}
+                    "view": {"num_frames": view.num_frames, "input": view.input, "test_views": view.test_views,
+                             "mean": list(view.mean), "std": list(view.std)}}
         classifier = VideoClassifier(result.model, classes=classes, num_frames=num_frames, image_size=size, view=view)
         model_uri = tracking.log_classifier(classifier, metadata=metadata)
         # the champion is decided on the smoothed selection score, not on one lucky epoch's raw val F1

@@ -347,6 +347,24 @@ def test_preprocess_turns_a_view_into_the_inputs_form():
         preprocess(frames[:, :3], ViewSpec(num_frames=2, input="diff"))
 
 
+def test_the_views_mean_and_std_normalise_rgb_and_older_views_keep_imagenets():
+    from model.views import ViewSpec
+
+    frames = np.full((1, 2, 4, 4, 3), 255, np.uint8)
+    frames[..., 1] = 0
+    half = ViewSpec(num_frames=2, input="rgb", mean=[0.5, 0.5, 0.5], std=(0.5, 0.25, 0.5))  # lists, as in a checkpoint
+    assert half.mean == (0.5, 0.5, 0.5) and half == ViewSpec(num_frames=2, input="rgb", mean=(0.5,) * 3, std=(0.5, 0.25, 0.5))
+    torch.testing.assert_close(preprocess(frames, half)[0, 0, :, 0, 0], torch.tensor([1.0, -2.0, 1.0]))
+    both = preprocess(np.concatenate([frames, frames], 1), ViewSpec(num_frames=2, input="rgb_diff", mean=(0.5,) * 3,
+                                                                    std=(0.5, 0.25, 0.5)))
+    torch.testing.assert_close(both[0, 0, :3, 0, 0], torch.tensor([1.0, -2.0, 1.0]))
+    older = ViewSpec(**{"num_frames": 2, "input": "rgb", "test_views": 1, "diff_gap": 1})  # a pre-mean/std checkpoint
+    assert (older.mean, older.std) == (MEAN, STD)
+    torch.testing.assert_close(preprocess(frames, older), preprocess(frames))
+    with pytest.raises(ValueError, match="std must be 3"):
+        ViewSpec(std=(0.5, 0.0, 0.5))
+
+
 def test_video_classifier_averages_its_views():
     from model.predict import view_probabilities
     from model.views import ViewSpec, eval_views

@@ -116,6 +116,8 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _views_fit_the_frames(self) -> "PipelineConfig":
+        if self.train.init:
+            follow_the_checkpoint(self)
         try:
             self.train.view.check_stored(self.frames.num_frames)
         except ValueError as e:
@@ -182,6 +184,34 @@ class PipelineConfig(_Strict):
     @property
     def dataset_dir(self) -> Path:
         return self.data_dir / "dataset"
+
+
+def follow_the_checkpoint(cfg: PipelineConfig) -> None:
+    """With ``train.init`` the checkpoint decides the data: ``frames.num_frames``, ``train.view_frames`` and
+    ``frames.size`` the user left out take the checkpoint's frames and size, so the frames stage stores what the
+    network was trained to see. Values the user did set must agree (an image ViT takes any size: its position grid
+    is interpolated; more stored frames than a view's are fine: training draws its views from them). Only config
+    files are read; a hub id fetches just those (``model.pretrained.checkpoint_input``)."""
+    from model.pretrained import checkpoint_input
+
+    src = checkpoint_input(cfg.train.init)
+    given_frames, given_train = cfg.frames.model_fields_set, cfg.train.model_fields_set
+    what = f"checkpoint {cfg.train.init} ({src.kind}) was trained on"
+    if src.frames is not None:
+        if "view_frames" in given_train and cfg.train.view_frames != src.frames:
+            raise ValueError(f"{what} {src.frames} frames per clip, but train.view_frames is {cfg.train.view_frames}: "
+                             f"set it to {src.frames} or leave it out (it then follows the checkpoint)")
+        if "num_frames" in given_frames and cfg.frames.num_frames < src.frames:
+            raise ValueError(f"{what} {src.frames} frames per clip, but frames.num_frames is {cfg.frames.num_frames}: "
+                             f"store at least {src.frames} or leave it out (it then follows the checkpoint)")
+        cfg.train.view_frames = src.frames
+        if "num_frames" not in given_frames:
+            cfg.frames.num_frames = src.frames
+    if "size" not in given_frames:
+        cfg.frames.size = src.size
+    elif src.size_fixed and cfg.frames.size != src.size:
+        raise ValueError(f"{what} {src.size}x{src.size} frames, but frames.size is {cfg.frames.size}: set it to "
+                         f"{src.size} or leave it out (it then follows the checkpoint)")
 
 
 def normalise_split(s: str) -> str:
