@@ -11,9 +11,9 @@ How it fits :func:`model.training.fit`:
 * Same semantics as one process: every rank draws the same global order of training clips (the single-process
   sampler, same seed) and :class:`GlobalOrderSampler` hands rank ``r`` the items ``r, r+W, ...`` of it through a
   ``DistributedSampler``, so the W per-rank batches of ``batch_size / W`` clips together are exactly the
-  single-process batch; the weighted loss is normalised by the whole global batch; BatchNorm statistics are
-  synchronised. Differences left: float summation order, and the padding DistributedSampler adds to a last batch
-  that does not split evenly.
+  single-process batch; the weighted loss is normalised by the whole global batch; on CUDA BatchNorm statistics
+  are synchronised. Differences left: float summation order, the padding DistributedSampler adds to a last batch
+  that does not split evenly, and on CPU BatchNorm (the conv stem's) over each rank's share of the batch.
 * Validation runs on rank 0 alone with the unwrapped network (evaluation is a few percent of an epoch) and its
   decision (best epoch, early stop) is broadcast, so every rank leaves the loop together.
 * Backend: gloo on CPU, nccl on CUDA (one GPU per rank, ``cuda:LOCAL_RANK``).
@@ -137,10 +137,13 @@ def from_main(obj: Any, ranks: Ranks) -> Any:
 
 
 def wrap(model: torch.nn.Module, device: torch.device, ranks: Ranks) -> torch.nn.Module:
-    """DDP around ``model`` (BatchNorm synchronised across ranks, as one process would compute it)."""
+    """DDP around ``model``. On CUDA BatchNorm is synchronised across ranks, as one process would compute it;
+    torch's SyncBatchNorm refuses CPU tensors, so CPU ranks normalise over their own share of the batch (the conv
+    stem's BatchNorm; the transformer's LayerNorms are per sample and unaffected)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 

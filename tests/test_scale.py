@@ -96,14 +96,30 @@ def threads_run(prefect_harness, demo_source, tmp_path_factory):
     return cfg
 
 
+@pytest.fixture(scope="module")
+def local_cluster(prefect_harness):
+    """One LocalCluster of 2 single-threaded worker processes for this module (starting one costs seconds), its
+    workers started with the flow's Prefect API URL as the README tells users to start theirs."""
+    from distributed import Client, LocalCluster
+
+    from tasks.cluster import flow_api_url
+
+    env = worker_environment(flow_api_url(), dict(os.environ))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as lc, \
+            Client(lc) as client:
+        yield lc, client
+
+
 @pytest.mark.slow
-def test_dask_local_cluster_gives_the_thread_runners_dataset(threads_run, demo_source, tmp_path):
-    """Two worker processes, shards of 5 clips: the same download/filter reports, manifest and fingerprint; the
-    shard task runs are in the flow's Prefect API, so the workers reported there (not to temporary servers)."""
+def test_dask_local_cluster_gives_the_thread_runners_dataset(threads_run, local_cluster, demo_source, tmp_path):
+    """Two worker processes, shards of 5 clips: the same download/filter/frames reports, manifest and fingerprint;
+    the shard task runs are in the flow's Prefect API, so the workers reported there (not to temporary servers),
+    and both worker processes did some of the work."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-    cfg = _config(tmp_path / "data", demo_source, engine="dask", workers=2, shard_size=5)
+    lc, client = local_cluster
+    cfg = _config(tmp_path / "data", demo_source, engine="dask", address=lc.scheduler_address, shard_size=5)
     _stages(cfg)
     pd.testing.assert_frame_equal(_manifest(cfg), _manifest(threads_run))
     assert _fingerprint(cfg) == _fingerprint(threads_run)
@@ -111,8 +127,8 @@ def test_dask_local_cluster_gives_the_thread_runners_dataset(threads_run, demo_s
     for name in ("download.csv", "filter.csv", "frames.csv"):
         pd.testing.assert_frame_equal(_report(cfg, name), _report(threads_run, name))
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-shard-")))
+    with get_client(sync_client=True) as api:
+        runs = api.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-shard-")))
     names = {r.name for r in runs if r.state and r.state.is_completed()}
     # 12 clips in shards of 5: 3 shards per stage, all completed and recorded by the flow's own API
     assert {f"{stage}-shard-{i}" for stage in ("download", "filter", "frames") for i in range(3)} <= names
@@ -126,43 +142,39 @@ def test_dask_local_cluster_gives_the_thread_runners_dataset(threads_run, demo_s
 
 
 @pytest.mark.slow
-def test_killing_a_dask_worker_mid_stage_then_rerunning_loses_nothing(threads_run, demo_source, tmp_path):
-    """An existing scheduler (``cluster.address``) whose workers were started with the flow's API URL, as the README
-    tells users to; one worker is killed (SIGKILL) as soon as the first clip's frames appear. Dask re-runs its
-    shard elsewhere, or the stage fails; either way a re-run completes with every clip, identical to threads."""
-    from distributed import Client, LocalCluster
-
+def test_killing_a_dask_worker_mid_stage_then_rerunning_loses_nothing(threads_run, local_cluster, demo_source,
+                                                                       tmp_path):
+    """An existing scheduler (``cluster.address``); one worker is killed (SIGKILL) as soon as the first clip's
+    frames appear. Dask re-runs its shard elsewhere (the nanny restarts the worker), or the stage fails; either way
+    a re-run completes with every clip, identical to threads."""
     from flows.frames import frames_flow
-    from tasks.cluster import flow_api_url
 
+    lc, client = local_cluster
     data = tmp_path / "data"
     for part in ("raw", "reports"):
         shutil.copytree(threads_run.data_dir / part, data / part)
     (data / "reports" / "frames.csv").unlink()
-    env = worker_environment(flow_api_url(), dict(os.environ))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as lc, \
-            Client(lc) as client:
-        cfg = _config(data, demo_source, engine="dask", address=lc.scheduler_address, shard_size=1)
-        outcome: dict = {}
+    cfg = _config(data, demo_source, engine="dask", address=lc.scheduler_address, shard_size=1)
+    outcome: dict = {}
 
-        def first_run() -> None:
-            try:
-                outcome["summary"] = frames_flow(cfg)
-            except Exception as e:  # noqa: BLE001 - a failed first run is one allowed outcome
-                outcome["error"] = e
+    def first_run() -> None:
+        try:
+            outcome["summary"] = frames_flow(cfg)
+        except Exception as e:  # noqa: BLE001 - a failed first run is one allowed outcome
+            outcome["error"] = e
 
-        runner = threading.Thread(target=first_run)
-        runner.start()
-        frames_dir = cfg.dataset_dir / "frames"
-        deadline = time.monotonic() + 120
-        while not (frames_dir.is_dir() and any(frames_dir.rglob("*.npy"))) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        victim = sorted(client.run(os.getpid).values())[0]
-        os.kill(victim, signal.SIGKILL)
-        at_kill = len(list(frames_dir.rglob("*.npy")))
-        runner.join(300)
-        assert not runner.is_alive() and outcome
-        second = frames_flow(cfg)
+    runner = threading.Thread(target=first_run)
+    runner.start()
+    frames_dir = cfg.dataset_dir / "frames"
+    deadline = time.monotonic() + 300
+    while not (frames_dir.is_dir() and any(frames_dir.rglob("*.npy"))) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim = sorted(client.run(os.getpid).values())[0]
+    os.kill(victim, signal.SIGKILL)
+    at_kill = len(list(frames_dir.rglob("*.npy")))
+    runner.join(300)
+    assert not runner.is_alive() and outcome
+    second = frames_flow(cfg)
     assert 0 < at_kill < 12, "the worker was killed mid-stage"
     assert second["counts"]["clips"] == 12 and second["counts"]["failed"] == 0
     assert second["counts"]["sampled"] + second["counts"]["already_done"] == 12
