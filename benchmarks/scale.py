@@ -11,7 +11,7 @@ and fp32 vs bf16 training steps.
 * **DDP**: the default preset on a synthetic frames dataset (``--ddp-clips`` training clips), fp32, the same
   options with ``train.processes`` 1 and 2; ``ddp_speedup_2p`` = mean epoch seconds of 1 process / of 2 (epochs
   after the first, so torchrun's start and the first DDP construction are left out; evaluation included).
-* **bf16**: median training step (forward + backward + fused AdamW, batch 8, the default view: 16 frame
+* **bf16**: fastest training step (alternating, :func:`model.precision.compare_steps`) (forward + backward + fused AdamW, batch 8, the default view: 16 frame
   differences at 64x64) in fp32 and under bf16 autocast, for the default preset and a 4x wider one (dim 512);
   ``bf16_speedup`` = fp32 step time / bf16 step time for the default preset.
 * ``--quality CONFIG`` (optional, long): the default recipe trained on CONFIG's stored dataset with
@@ -126,7 +126,7 @@ def ddp(work: Path, clips: int, epochs: int) -> dict:
 
 # -- bf16 -------------------------------------------------------------------------------------------------------------
 def precision_steps(steps: int, batch: int = 8) -> dict:
-    from model.precision import cpu_has_bf16, step_seconds
+    from model.precision import compare_steps, cpu_has_bf16
     from model.presets import DEFAULT_PRESET, build_model
     from model.training import _autocast, make_optimizer, param_groups
     from model.views import ViewSpec
@@ -150,7 +150,7 @@ def precision_steps(steps: int, batch: int = 8) -> dict:
             loss.backward()
             opt.step()
 
-        fp32, bf16 = step_seconds(step, None, repeats=steps), step_seconds(step, torch.bfloat16, repeats=steps)
+        fp32, bf16 = compare_steps(step, repeats=steps)
         out[name] = {"params": sum(p.numel() for p in model.parameters()), "fp32_clips_per_s": batch / fp32,
                      "bf16_clips_per_s": batch / bf16, "bf16_speedup": fp32 / bf16}
         print(f"{name}: fp32 {batch / fp32:.1f} clips/s, bf16 {batch / bf16:.1f} clips/s", flush=True)

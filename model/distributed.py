@@ -13,7 +13,9 @@ How it fits :func:`model.training.fit`:
   ``DistributedSampler``, so the W per-rank batches of ``batch_size / W`` clips together are exactly the
   single-process batch; the weighted loss is normalised by the whole global batch; on CUDA BatchNorm statistics
   are synchronised. Differences left: float summation order, the padding DistributedSampler adds to a last batch
-  that does not split evenly, and on CPU BatchNorm (the conv stem's) over each rank's share of the batch.
+  that does not split evenly, the stochastic-depth/dropout masks (each rank draws its own, from the same RNG
+  state: ``last.pt`` keeps one RNG state, so a resumed run continues exactly), and on CPU BatchNorm (the conv
+  stem's) over each rank's share of the batch.
 * Validation runs on rank 0 alone with the unwrapped network (evaluation is a few percent of an epoch) and its
   decision (best epoch, early stop) is broadcast, so every rank leaves the loop together.
 * Backend: gloo on CPU, nccl on CUDA (one GPU per rank, ``cuda:LOCAL_RANK``).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -63,7 +64,7 @@ def autocast_dtype(precision: str, device: torch.device, *, step: Callable[[torc
     if key not in _DECIDED:
         known = _read(cache).get(key) if cache else None
         if known is None:
-            fp32, bf16 = step_seconds(step, None), step_seconds(step, torch.bfloat16)
+            fp32, bf16 = compare_steps(step)
             known = {"bf16": fp32 / bf16 >= MIN_GAIN, "fp32_s": fp32, "bf16_s": bf16}
             log.info("precision auto: a training step takes %.4f s in fp32, %.4f s in bf16 -> %s", fp32, bf16,
                      "bf16" if known["bf16"] else "fp32")
@@ -73,17 +74,21 @@ def autocast_dtype(precision: str, device: torch.device, *, step: Callable[[torc
     return torch.bfloat16 if _DECIDED[key] else None
 
 
-def step_seconds(step: Callable[[torch.dtype | None], None], dtype: torch.dtype | None, *, warmup: int = 2,
-                 repeats: int = 5) -> float:
-    """Median seconds of ``step(dtype)`` after ``warmup`` untimed calls (first calls pay for kernel selection)."""
+def compare_steps(step: Callable[[torch.dtype | None], None], *, warmup: int = 2,
+                  repeats: int = 5) -> tuple[float, float]:
+    """Fastest fp32 and bf16 step seconds, timed alternately after ``warmup`` untimed calls of each (first calls
+    pay for kernel selection). Alternating and the minimum, because on a shared machine other processes only ever
+    slow a step down, and a burst of them should not land on one precision only."""
     for _ in range(warmup):
-        step(dtype)
-    times = []
+        step(None)
+        step(torch.bfloat16)
+    best = {None: math.inf, torch.bfloat16: math.inf}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        step(dtype)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        for dtype in best:
+            t0 = time.perf_counter()
+            step(dtype)
+            best[dtype] = min(best[dtype], time.perf_counter() - t0)
+    return best[None], best[torch.bfloat16]
 
 
 def _read(path: Path) -> dict:
