@@ -47,12 +47,9 @@ def test_cluster_section_validates():
 # -- real engines ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo_source(tmp_path_factory):
-    from tasks.core.demo_data import generate_demo_dataset
+    from tests.support.videos import demo_source
 
-    src = tmp_path_factory.mktemp("src")
-    csv = generate_demo_dataset(src, n_dribbling=6, n_dunking=6, seed=4, width=96, height=72, duration=4.0,
-                                clip_len=3.0)
-    return src, csv
+    return demo_source(tmp_path_factory.mktemp("src"), per_class=6, seed=4)
 
 
 def _config(data_dir, demo_source, **cluster) -> PipelineConfig:
