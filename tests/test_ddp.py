@@ -114,7 +114,7 @@ def test_train_stage_with_two_processes_registers_one_model(prefect_harness, ds,
     })
     summary = train_flow(cfg)
     client = MlflowClient(cfg.mlflow.tracking_uri)
-    assert [v.version for v in client.search_model_versions("name='ddp'")] == ["1"]
+    assert [int(v.version) for v in client.search_model_versions("name='ddp'")] == [1]
     run = client.get_run(summary["result"]["run_id"])
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
     assert run.data.metrics["test/accuracy"] == one_process.test_metrics["accuracy"]
