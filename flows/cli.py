@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         _config_args(p)
         if name == "train":
             p.add_argument("--force", action="store_true", help="train even if an identical run is registered")
+            p.add_argument("--nproc", type=_positive_int, default=None,
+                           help="DistributedDataParallel processes on this machine (same as --set train.processes=N)")
     p = sub.add_parser("run", help="the chained pipeline (download -> filter -> frames -> train)")
     _config_args(p)
     p.add_argument("--stages", help="comma-separated subset, e.g. filter,frames")
@@ -182,6 +184,8 @@ def _main(args) -> int:
 
     from tasks.core.config import ConfigError, load_config
 
+    if getattr(args, "nproc", None):
+        args.overrides.append(f"train.processes={args.nproc}")
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

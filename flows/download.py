@@ -1,16 +1,16 @@
 """Download stage: annotations -> trimmed clips under ``<data_dir>/raw`` + ``reports/download.csv``.
 
 Clips are downloaded by the per-clip task mapped over a thread pool of ``download.workers`` threads (downloads
-wait on the network, not the CPU). The stage fails only when nothing is usable: when the annotations cannot be
+wait on the network, not the CPU), or, with ``cluster.engine: dask``, in shards on a Dask cluster with
+``download.workers`` threads per shard (``tasks/cluster.py``). The stage fails only when nothing is usable: when the annotations cannot be
 read, nothing is selected, or not a single clip was downloaded or already on disk.
 """
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.progress import gather
+from tasks.cluster import map_clips
 from tasks.core import download as core
 from tasks.core.annotations import AnnotationError
 from tasks.core.config import PipelineConfig
@@ -46,15 +46,11 @@ def _download(config: PipelineConfig) -> dict:
                       user_error=True)
 
     clean_partials_task(config.raw_dir)
-    # The thread pool's size is a config value, known only now, so the runner is opened here rather than fixed
-    # in the decorator; tasks submitted through it are still task runs of this flow run.
-    with ThreadPoolTaskRunner(max_workers=config.download.workers) as runner:
-        futures = runner.map(
-            download_clip_task,
-            {"clip": clips, "data_dir": unmapped(config.data_dir), "url_template": unmapped(config.url_template),
-             "download": unmapped(config.download)},
-        )
-        rows = gather(futures, "download")
+    # The runner depends on config values known only now, so it is opened here rather than fixed in the
+    # decorator; tasks submitted through it are still task runs of this flow run.
+    rows = map_clips(config.cluster, "download", download_clip_task, "clip", clips,
+                     {"data_dir": config.data_dir, "url_template": config.url_template, "download": config.download},
+                     threads=config.download.workers)
 
     report = write_report_task(rows, config.reports_dir / "download.csv")
     counts = core.summarize(rows)

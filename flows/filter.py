@@ -3,11 +3,10 @@
 usable clip, since no classifier can be trained on that."""
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.progress import gather
+from tasks.cluster import map_clips
 from tasks.core import filtering as core
 from tasks.core.config import PipelineConfig
 from tasks.core.errors import StageFailed, failed_summary
@@ -35,10 +34,9 @@ def _filter(config: PipelineConfig) -> dict:
             "filter", f"no clips to check in {where} for classes {config.classes}: run `vivit download` first",
             {"missing_files": len(plan.missing)}))
     rows = list(plan.reused)
-    if plan.todo:
-        with ThreadPoolTaskRunner(max_workers=config.frames.workers) as runner:
-            futures = runner.map(check_clip, {"item": plan.todo, "data_dir": unmapped(config.data_dir)})
-            rows += gather(futures, "filter")
+    # threads: frames.workers clips at once; dask: one clip at a time per single-threaded worker process
+    threads = config.frames.workers if config.cluster.engine == "threads" else 1
+    rows += map_clips(config.cluster, "filter", check_clip, "item", plan.todo, {"data_dir": config.data_dir}, threads)
     report = write_filter_report(rows, config.reports_dir / "filter.csv", config.raw_dir)
     s = core.summarize(rows, config.classes, reused=len(plan.reused), missing=len(plan.missing))
     create_table_artifact(

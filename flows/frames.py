@@ -2,15 +2,15 @@
 ``<data_dir>/dataset/frames/``, ``manifest.parquet`` + ``dataset.json``, and ``reports/frames.csv``.
 
 Clips are sampled by a per-clip task mapped over ``frames.workers`` threads, each decoding with
-``cpus // workers`` threads. A clip that cannot be sampled is reported, not fatal; the stage fails only when the
+``cpus // workers`` threads; with ``cluster.engine: dask``, in shards on single-threaded Dask worker processes,
+one decoder thread each (``tasks/cluster.py``). A clip that cannot be sampled is reported, not fatal; the stage fails only when the
 dataset would be unusable (no filter report, fewer than two classes, no training clip)."""
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.progress import gather
+from tasks.cluster import map_clips
 from tasks.core.config import PipelineConfig
 from tasks.core.errors import StageFailed, failed_summary
 from tasks.core.locks import data_dir_lock
@@ -40,16 +40,14 @@ def _frames(config: PipelineConfig) -> dict:
         logger.info(note)
     results: list[dict] = []
     if plan.todo:
-        threads = decoder_threads(config.frames.workers)
-        logger.info("sampling %d clip(s) (%d already done), %d at a time x %d decoder thread(s)",
-                    len(plan.todo), len(plan.done), config.frames.workers, threads)
-        with ThreadPoolTaskRunner(max_workers=config.frames.workers) as runner:
-            futures = runner.map(
-                sample_clip_task,
-                {"job": plan.todo, "num_frames": unmapped(config.frames.num_frames),
-                 "size": unmapped(config.frames.size), "threads": unmapped(threads)},
-            )
-            results = gather(futures, "frames")
+        on_threads = config.cluster.engine == "threads"
+        at_once = config.frames.workers if on_threads else 1  # per Dask worker process: one clip, one core
+        threads = decoder_threads(config.frames.workers) if on_threads else 1
+        logger.info("sampling %d clip(s) (%d already done) on %s, %d at a time x %d decoder thread(s)",
+                    len(plan.todo), len(plan.done), config.cluster.engine, at_once, threads)
+        results = map_clips(config.cluster, "frames", sample_clip_task, "job", plan.todo,
+                            {"num_frames": config.frames.num_frames, "size": config.frames.size, "threads": threads},
+                            threads=at_once)
     ds = write_dataset(config, plan, results)
     for w in ds.warnings:
         logger.warning(w)

@@ -20,7 +20,9 @@ from model.views import ViewSpec
 
 # Options that change how a run executes but not what it computes: they may differ when resuming, and they are not
 # part of the training key.
-EXECUTION_ONLY = frozenset({"resume", "num_workers", "device", "compile"})
+# ``processes`` and ``precision`` are execution choices like ``device``: DDP keeps the global batch and the sample
+# order of one process, and bf16 autocast (what CUDA training has always used) only changes rounding.
+EXECUTION_ONLY = frozenset({"resume", "num_workers", "device", "compile", "processes", "precision"})
 
 
 def stable_hash(payload: Any, length: int = 16) -> str:
@@ -63,6 +65,10 @@ class TrainOptions(BaseModel):
                                  "disables")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     compile: bool = Field(False, description="torch.compile the network")
+    processes: int = Field(1, ge=1, le=256, description="DistributedDataParallel processes on this machine "
+                           "(torchrun; gloo on CPU, nccl on CUDA); batch_size stays the global batch")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast: auto = bf16 on CUDA, on CPU only where a few timed steps show it faster")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
     single_frame: bool = Field(False, description="ablation: feed only the middle position of each view")

@@ -18,7 +18,10 @@ What it does, and why:
   history, early-stopping state and a fingerprint of options + dataset) and the best weights (``best.pt``).
   ``resume=True`` continues an interrupted run from ``last.pt`` when the fingerprint matches, so a crash costs at
   most one epoch and the result equals an uninterrupted run. Everything is loaded with ``weights_only=True``.
-* Device ``auto``: CUDA with bf16 autocast when available, else CPU (fp32). ``torch.compile`` optional.
+* Device ``auto``: CUDA when available, else CPU. ``precision`` (:mod:`model.precision`): bf16 autocast on CUDA,
+  on CPU only where it is measured faster. ``torch.compile`` optional.
+* ``processes > 1``: DistributedDataParallel under torchrun (:mod:`model.distributed`): same global batch and
+  sample order as one process; rank 0 alone validates, writes checkpoints and reports.
 * ``single_frame=True`` (ablation) wraps the network in :class:`model.predict.SingleFrame`: it sees the middle
   position of its view repeated ``T`` times, so the architecture is unchanged and only the temporal information is
   removed (with ``input="rgb"``: one frame, appearance only).
@@ -49,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
+from model import distributed as ddp
 from model.data import (
     ClipDataset,
     DatasetError,
@@ -59,6 +63,7 @@ from model.data import (
 )
 from model.metrics import classification_report, label_slug
 from model.options import TrainOptions, stable_hash
+from model.precision import autocast_dtype
 from model.predict import SingleFrame, preprocess, view_probabilities
 from model.presets import build_model, get_config
 from model.views import ViewSpec
@@ -211,26 +216,27 @@ def _call(callback: Any, method: str, *args: Any) -> None:
 
 
 # -- one pass ----------------------------------------------------------------------------------------------------
-def _autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, dtype: torch.dtype | None = None):
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def evaluate(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str],
-             view: ViewSpec) -> dict[str, Any]:
+             view: ViewSpec, amp: torch.dtype | None = None) -> dict[str, Any]:
     """The classification report for every clip of ``loader`` (evaluation views averaged, no augmentation), with
     the plain (unweighted, unsmoothed) cross-entropy of the averaged probabilities as ``loss``."""
-    labels, probs, loss = _predict(forward, loader, device, classes, view)
+    labels, probs, loss = _predict(forward, loader, device, classes, view, amp)
     return classification_report(labels, probs, classes, loss=loss)
 
 
 @torch.inference_mode()
-def _predict(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str], view: ViewSpec):
+def _predict(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str], view: ViewSpec,
+             amp: torch.dtype | None = None):
     """``(labels (N,), probabilities (N, K), mean cross-entropy or None)`` in the loader's order."""
     forward.eval()
     probs, labels, loss_sum = [], [], 0.0
     for views, y in loader:  # views: (B, V, frames_per_view, S, S, 3) uint8
         y = y.to(device)
-        with _autocast(device):
+        with _autocast(device, amp):
             p = view_probabilities(forward, views.to(device, non_blocking=True), view).float()
         loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
         probs.append(p.cpu())
@@ -280,6 +286,9 @@ class _Run:
     fingerprint: str
     last_path: Path
     best_path: Path
+    ranks: ddp.Ranks = field(default_factory=ddp.Ranks)
+    ddp_model: nn.Module | None = None  # DDP(model) for the training passes when ranks.active
+    amp: torch.dtype | None = None  # autocast dtype (None: fp32)
 
     @property
     def classes(self) -> list[str]:
@@ -347,7 +356,8 @@ def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path, not
         raise DatasetError(f"{dataset_dir}: {e}") from None
     build = dict(num_classes=k, num_frames=view.num_frames, image_size=info.image_size, in_channels=view.channels)
     get_config(opts.model, **build)  # fail early, with the preset's own message
-    device = resolve_device(opts.device)
+    ranks = ddp.join(opts.device)
+    device = ddp.rank_device(resolve_device(opts.device), ranks)
     seed_everything(seed)
     if opts.init:
         from model.pretrained import build_pretrained, checkpoint_input
@@ -371,11 +381,17 @@ def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path, not
     loader_kw = dict(batch_size=opts.batch_size, num_workers=opts.num_workers, pin_memory=device.type == "cuda")
     eval_loaders = {name: DataLoader(dataset(info.split(name), False), shuffle=False, **loader_kw)
                     for name in ("val", "test")}
+    loader_kw["batch_size"] = ddp.per_rank_batch(opts.batch_size, ranks)  # training: this rank's share
     train_labels = np.asarray(train_rows["label_index"], dtype=np.int64)
     weight = balanced_class_weights(train_labels, k).to(device) if opts.class_balance == "weighted_loss" else None
 
     def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, weight=weight, label_smoothing=opts.label_smoothing)
+        if not ranks.active:
+            return F.cross_entropy(logits, y, weight=weight, label_smoothing=opts.label_smoothing)
+        # the weighted mean over the *global* batch: DDP averages the ranks' gradients, hence the world factor
+        total = F.cross_entropy(logits, y, weight=weight, label_smoothing=opts.label_smoothing, reduction="sum")
+        norm = weight[y].sum() if weight is not None else torch.tensor(float(len(y)), device=logits.device)
+        return total * ranks.world / ddp.global_sum(norm.detach(), ranks)
 
     steps_per_epoch = math.ceil(len(train_rows) / opts.batch_size)
     optimizer = make_optimizer(param_groups(model, opts.weight_decay), lr=opts.lr)
@@ -383,9 +399,46 @@ def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path, not
         optimizer, warmup_cosine(opts.epochs * steps_per_epoch, round(opts.warmup_epochs * steps_per_epoch))
     )
     work_dir.mkdir(parents=True, exist_ok=True)
-    return _Run(opts, seed, info, view, device, network, model, torch.compile(model) if opts.compile else model,
+    forward = torch.compile(model) if opts.compile else model
+    amp = ddp.from_main(_choose_precision(opts, device, model, view, info, work_dir) if ranks.main else None, ranks)
+    if amp is not None:
+        notes.append(f"train.precision={opts.precision}: {amp} autocast")
+    return _Run(opts, seed, info, view, device, network, model, forward,
                 dataset(train_rows, True), loader_kw, eval_loaders, criterion, optimizer, scheduler,
-                training_fingerprint(opts, seed, info), work_dir / "last.pt", work_dir / "best.pt")
+                training_fingerprint(opts, seed, info), work_dir / "last.pt", work_dir / "best.pt",
+                ranks, ddp.wrap(forward, device, ranks) if ranks.active else None, amp)
+
+
+def _choose_precision(opts: TrainOptions, device: torch.device, model: nn.Module, view: ViewSpec, info: DatasetInfo,
+                      work_dir: Path) -> torch.dtype | None:
+    """Resolve ``opts.precision``; for ``auto`` on CPU, by timing training steps of a copy of the network on a
+    random batch of the real shape (the copy keeps the run's own weights and RNG untouched)."""
+    import copy
+
+    if opts.precision != "auto" or device.type != "cpu":
+        return autocast_dtype(opts.precision, device)
+    trial = copy.deepcopy(model).train()
+    optimizer = make_optimizer(param_groups(trial, 0.0), lr=1e-6)
+    shape = (opts.batch_size, view.frames_per_view, info.image_size, info.image_size, 3)
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+    y = torch.arange(opts.batch_size) % len(info.classes)
+
+    def step(dtype: torch.dtype | None) -> None:
+        with _autocast(device, dtype):
+            logits = trial(preprocess(frames, view)).float()
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    what = {"model": opts.model, "batch": list(shape), "classes": len(info.classes), "input": view.input,
+            "init": opts.init, "freeze": str(opts.freeze), "single_frame": opts.single_frame}
+    rng = torch.get_rng_state()
+    try:
+        return autocast_dtype("auto", device, step=step, what=what, cache=work_dir.parent / "precision.json")
+    finally:
+        torch.set_rng_state(rng)
 
 
 def training_fingerprint(opts: TrainOptions, seed: int, info: DatasetInfo) -> str:
@@ -414,11 +467,14 @@ def _restore(run: _Run) -> TrainState:
             return state
         if ckpt is not None:
             log.info("%s belongs to other options or data: starting fresh", run.last_path)
-    run.best_path.unlink(missing_ok=True)  # never let a stale best.pt from other options stand in for this run
+    if run.ranks.main:
+        run.best_path.unlink(missing_ok=True)  # never let a stale best.pt from other options stand in for this run
     return state
 
 
 def _save_best(run: _Run, state: TrainState) -> None:
+    if not run.ranks.main:
+        return
     _atomic_save({"model": _plain_state(run.network), "epoch": state.best_epoch, "val_f1": state.best_val_f1,
                   "val_score": state.best_score, "preset": run.opts.model, "model_config": asdict(run.network.config),
                   "classes": run.classes, "num_frames": run.info.num_frames, "image_size": run.info.image_size,
@@ -427,6 +483,8 @@ def _save_best(run: _Run, state: TrainState) -> None:
 
 
 def _save_last(run: _Run, state: TrainState) -> None:
+    if not run.ranks.main:
+        return
     _atomic_save({"version": CHECKPOINT_VERSION, "fingerprint": run.fingerprint, "model": _plain_state(run.model),
                   "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                   "rng": rng_state(), "state": asdict(state), "options": run.opts.model_dump(mode="json")},
@@ -434,7 +492,7 @@ def _save_last(run: _Run, state: TrainState) -> None:
 
 
 def _train_epoch(run: _Run) -> dict[str, Any]:
-    forward, device, opts = run.forward, run.device, run.opts
+    forward, device, opts = run.ddp_model or run.forward, run.device, run.opts
     forward.train()
     loss_sum, n, preds, labels, lr = 0.0, 0, [], [], 0.0
     g = torch.Generator().manual_seed(_epoch_seed(run.seed, run.train_ds.epoch, 1))
@@ -442,9 +500,11 @@ def _train_epoch(run: _Run) -> dict[str, Any]:
     sampler = (WeightedRandomSampler(balanced_sample_weights(labels_all, len(run.classes)), len(labels_all),
                                      replacement=True, generator=g)
                if opts.class_balance == "sampler" else RandomSampler(run.train_ds, generator=g))
+    if run.ranks.active:  # every rank drew the same global order (same generator seed): take this rank's share
+        sampler = ddp.GlobalOrderSampler(sampler, run.ranks)
     for frames, y in DataLoader(run.train_ds, sampler=sampler, **run.loader_kw):
         y = y.to(device)
-        with _autocast(device):
+        with _autocast(device, run.amp):
             logits = forward(preprocess(frames.to(device, non_blocking=True), run.view)).float()
         loss = run.criterion(logits, y)
         run.optimizer.zero_grad(set_to_none=True)
@@ -458,6 +518,10 @@ def _train_epoch(run: _Run) -> dict[str, Any]:
         n += len(y)
         preds.append(logits.detach().argmax(-1).cpu())
         labels.append(y.cpu())
+    if run.ranks.active:  # the epoch's training metrics over every rank's clips
+        parts = ddp.gather((loss_sum, n, preds, labels), run.ranks)
+        loss_sum, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        preds, labels = [t for p in parts for t in p[2]], [t for p in parts for t in p[3]]
     onehot = np.eye(len(run.classes))[torch.cat(preds).numpy()]  # a report from hard predictions: accuracy, F1
     report = classification_report(torch.cat(labels).numpy(), onehot, run.classes, loss=loss_sum / max(n, 1),
                                    intervals=False)
@@ -471,8 +535,13 @@ def _epoch(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
     t0 = time.perf_counter()
     run.train_ds.set_epoch(epoch)
     train_report = _train_epoch(run)
+    if not run.ranks.main:  # rank 0 validates and decides; the others take its state and metrics
+        synced, metrics = ddp.from_main(None, run.ranks)
+        state.__dict__.update(synced)
+        return metrics
     metrics = _flat_metrics("train", train_report, run.classes)
-    val_report = evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view) if run.has_val else None
+    val_report = (evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view, run.amp)
+                  if run.has_val else None)
     if val_report is None:
         improved = state.keep_last(epoch)
     else:
@@ -486,6 +555,8 @@ def _epoch(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
     state.history.append({"epoch": float(epoch), **metrics})
     state.epoch_reports.append(_epoch_report(epoch, {"train": train_report, "val": val_report}))
     _save_last(run, state)
+    if run.ranks.active:
+        ddp.from_main((dict(state.__dict__), metrics), run.ranks)
     return metrics
 
 
@@ -493,7 +564,11 @@ def _epoch(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
 def fit(dataset_dir: Path, options: TrainOptions, *, seed: int = 0, work_dir: Path,
         callback: TrainCallback | None = None) -> TrainResult:
     """Train ``options.model`` on ``<dataset_dir>`` (split ``train``), select on the smoothed ``val`` macro F1,
-    evaluate the best weights on ``test``; checkpoints under ``work_dir``. See the module docstring."""
+    evaluate the best weights on ``test``; checkpoints under ``work_dir``. See the module docstring.
+    With ``processes > 1`` it launches torchrun and returns what rank 0 trained; inside torchrun it returns None
+    (the launcher evaluates)."""
+    if options.processes > 1 and not ddp.in_torchrun():
+        return ddp.launch(dataset_dir, options, seed=seed, work_dir=work_dir, callback=callback)
     notes: list[str] = []
     run = _setup(Path(dataset_dir), options, seed, Path(work_dir), notes)
     state = _restore(run)
@@ -506,11 +581,30 @@ def fit(dataset_dir: Path, options: TrainOptions, *, seed: int = 0, work_dir: Pa
         if state.stopped_early:
             break
         metrics = _epoch(run, state, epoch)
-        _call(callback, "on_epoch_end", epoch, dict(metrics))
+        if run.ranks.main:
+            _call(callback, "on_epoch_end", epoch, dict(metrics))
         if state.stopped_early:
             log.info("early stop after epoch %d: the smoothed val macro F1 has not improved for %d epochs",
                      epoch, state.since_best)
+    if run.ranks.active:
+        return None
     result = _final_evaluation(run, state, notes, resumed_from)
+    _call(callback, "on_train_end", result)
+    return result
+
+
+def collect(dataset_dir: Path, options: TrainOptions, *, seed: int = 0, work_dir: Path,
+            callback: TrainCallback | None = None) -> TrainResult:
+    """The result of a run whose epochs other processes trained (torchrun ranks): ``last.pt``'s history and
+    ``best.pt`` evaluated once, here."""
+    notes: list[str] = []
+    single = options.model_copy(update={"processes": 1, "resume": True})
+    run = _setup(Path(dataset_dir), single, seed, Path(work_dir), notes)
+    state = _restore(run)
+    if state.epoch == 0:
+        raise RuntimeError(f"{run.last_path} holds no finished epoch of this run")
+    notes.append(f"trained by {options.processes} DistributedDataParallel processes")
+    result = _final_evaluation(run, state, notes, 0)
     _call(callback, "on_train_end", result)
     return result
 
@@ -519,10 +613,12 @@ def _final_evaluation(run: _Run, state: TrainState, notes: list[str], resumed_fr
     """Load ``best.pt`` and evaluate it once on val and test."""
     best = torch.load(run.best_path, map_location="cpu", weights_only=True)
     run.network.load_state_dict(best["model"])
-    val_metrics = evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view) if run.has_val else {}
+    val_metrics = (evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view, run.amp)
+                   if run.has_val else {})
     test_rows = run.info.split("test")
     if len(test_rows):
-        labels, probs, loss = _predict(run.forward, run.eval_loaders["test"], run.device, run.classes, run.view)
+        labels, probs, loss = _predict(run.forward, run.eval_loaders["test"], run.device, run.classes, run.view,
+                                       run.amp)
         test_metrics = classification_report(labels, probs, run.classes, loss=loss)
     else:
         probs = np.zeros((0, len(run.classes)))
@@ -556,5 +652,5 @@ def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-__all__ = ["TrainOptions", "TrainResult", "TrainCallback", "TrainState", "fit", "evaluate", "prediction_table",
+__all__ = ["TrainOptions", "TrainResult", "TrainCallback", "TrainState", "fit", "collect", "evaluate", "prediction_table",
            "load_best", "training_fingerprint"]

@@ -69,3 +69,25 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
 def test_quality_script_says_what_is_missing(tmp_path):
     with pytest.raises(SystemExit, match="config file not found|no manifest|ConfigError"):
         _script("quality").main(["--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_scale_script_measures_every_engine_and_ends_with_its_line(prefect_harness, tmp_path, capsys):
+    """Tiny sizes: 4 generated clips through the real stages, the frames stage on threads and on Dask LocalClusters
+    of 1 and 2 workers, DDP with 1 and 2 torchrun processes, fp32 and bf16 steps; the figures are ratios of what
+    was measured in this run (no speed is asserted)."""
+    out = tmp_path / "scale.json"
+    result = _script("scale").main(["--clips", "4", "--width", "64", "--height", "48", "--duration", "2",
+                                    "--shard-size", "2", "--ddp-clips", "8", "--ddp-epochs", "2", "--steps", "1",
+                                    "--json", str(out)])
+    f, d, p = result["frames"], result["ddp"], result["precision"]
+    assert f["clips"] == 4 and f["same_fingerprint"] is True
+    assert f["dask_speedup_2w"] == pytest.approx(f["dask_1w_seconds"] / f["dask_2w_seconds"])
+    assert 0.0 <= f["overhead_share"] < 1.0
+    assert d["ddp_speedup_2p"] == pytest.approx(d["p1_epoch_seconds"] / d["p2_epoch_seconds"])
+    assert len(d["p1_train_loss"]) == len(d["p2_train_loss"]) == 2
+    assert p["bf16_speedup"] == pytest.approx(p["default"]["bf16_speedup"]) and p["wide4x"]["params"] > p["default"]["params"]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == result["summary"] == json.loads(out.read_text())["summary"]
+    assert printed[-1].startswith("dask_speedup_2w=") and " overhead_share=" in printed[-1]
+    assert f" ddp_speedup_2p={d['ddp_speedup_2p']:.2f} bf16_speedup={p['bf16_speedup']:.2f}" in printed[-1]

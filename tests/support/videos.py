@@ -55,3 +55,13 @@ def make_counter_video(
     rng = np.random.default_rng(seed)
     frames = (counter_frame(i, width, height, rng=rng) for i in range(n_frames))
     return encode_video(frames, path, fps=fps, codec=codec, gop=gop, extra=extra)
+
+
+def demo_source(root: Path, *, per_class: int, seed: int) -> tuple[Path, Path]:
+    """A small Kinetics-format source (``annotations.csv`` + ``videos/``) of 4 s 96x72 clips with 3 s annotated
+    spans, served to yt-dlp as ``file://`` URLs: ``(root, csv)``."""
+    from tasks.core.demo_data import generate_demo_dataset
+
+    csv = generate_demo_dataset(root, n_dribbling=per_class, n_dunking=per_class, seed=seed, width=96, height=72,
+                                duration=4.0, clip_len=3.0)
+    return root, csv

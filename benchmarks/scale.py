@@ -1,0 +1,224 @@
+"""Scaling out, measured in one run: the frames stage on threads vs Dask (1 and 2 workers), DDP 1 vs 2 processes,
+and fp32 vs bf16 training steps.
+
+* **frames**: ``--clips`` generated Kinetics-format clips (``tasks/core/demo_data.py``, ``--width``x``--height``,
+  ``--duration`` s) go through the real download and filter stages once (threads); then the frames stage samples
+  them from scratch on each engine: threads (``frames.workers`` 2), Dask LocalCluster with 1 worker, with 2 workers
+  (``cluster.shard_size`` ``--shard-size``). The bare work is the same sampler called in a plain loop, one
+  thread, no Prefect. ``dask_speedup_2w`` = stage time on 1 Dask worker / on 2. ``overhead_share`` = what the
+  1-worker Dask stage adds to the bare work (cluster start, Prefect task runs, planning, manifest) as a share of
+  that stage's time.
+* **DDP**: the default preset on a synthetic frames dataset (``--ddp-clips`` training clips), fp32, the same
+  options with ``train.processes`` 1 and 2; ``ddp_speedup_2p`` = mean epoch seconds of 1 process / of 2 (epochs
+  after the first, so torchrun's start and the first DDP construction are left out; evaluation included).
+* **bf16**: fastest training step (alternating, :func:`model.precision.compare_steps`) (forward + backward + fused AdamW, batch 8, the default view: 16 frame
+  differences at 64x64) in fp32 and under bf16 autocast, for the default preset and a 4x wider one (dim 512);
+  ``bf16_speedup`` = fp32 step time / bf16 step time for the default preset.
+* ``--quality CONFIG`` (optional, long): the default recipe trained on CONFIG's stored dataset with
+  ``precision`` fp32 and bf16, same seed(s), test macro F1 of each.
+
+Timings on a shared machine are noisy: the JSON keeps every figure, and ``uptime``'s load at start and end.
+Ends with one line: ``dask_speedup_2w=X overhead_share=Y ddp_speedup_2p=Z bf16_speedup=W``.
+
+Usage: ``python benchmarks/scale.py [--clips 200] [--json benchmarks/out/scale.json]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import flows  # noqa: E402,F401  -- the embedded Prefect defaults
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from tasks.core.config import PipelineConfig  # noqa: E402
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# -- frames stage --------------------------------------------------------------------------------------------------
+def frames_config(data_dir: Path, src: Path, csv: Path, shard_size: int, **cluster) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "data_dir": str(data_dir), "annotations": [str(csv)], "url_template": f"file://{src}/videos/{{youtube_id}}.mp4",
+        "download": {"allow_file_urls": True, "workers": 4, "retries": 0},
+        "frames": {"num_frames": 16, "size": 128, "workers": 2, "split_mode": "official"},
+        "train": {"view_frames": 15}, "cluster": {"shard_size": shard_size, **cluster},
+    })
+
+
+def bare_sampling_seconds(cfg: PipelineConfig) -> tuple[float, int]:
+    """The frames stage's per-clip work alone: the sampler over every kept clip, one thread, no Prefect."""
+    from tasks.core import reports, sampling
+
+    rows = [r for r in reports.read_csv_rows(cfg.reports_dir / "filter.csv") if r.get("status") == "kept"]
+    t0 = time.perf_counter()
+    for r in rows:
+        sampling.sample_clip_info(cfg.data_dir / r["path"], cfg.frames.num_frames, cfg.frames.size, threads=1)
+    return time.perf_counter() - t0, len(rows)
+
+
+def frames_stage(work: Path, clips: int, width: int, height: int, duration: float, shard_size: int) -> dict:
+    from flows.download import download_flow
+    from flows.filter import filter_flow
+    from flows.frames import frames_flow
+    from tasks.core.demo_data import generate_demo_dataset
+
+    src = work / "src"
+    csv = generate_demo_dataset(src, n_dribbling=clips - clips // 2, n_dunking=clips // 2, seed=0, width=width,
+                                height=height, duration=duration, clip_len=duration)
+    base = frames_config(work / "data", src, csv, shard_size)
+    download_flow(base)
+    filter_flow(base)
+    bare, kept = bare_sampling_seconds(base)
+    out: dict = {"clips": kept, "bare_seconds": bare, "bare_clips_per_s_per_core": kept / bare}
+    fingerprints = set()
+    for name, cluster in (("threads", {"engine": "threads"}), ("dask_1w", {"engine": "dask", "workers": 1}),
+                          ("dask_2w", {"engine": "dask", "workers": 2})):
+        cfg = frames_config(work / "data", src, csv, shard_size, **cluster)
+        shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        summary = frames_flow(cfg)
+        out[f"{name}_seconds"] = time.perf_counter() - t0
+        assert summary["counts"]["sampled"] == kept, summary
+        fingerprints.add(json.loads((cfg.dataset_dir / "dataset.json").read_text())["fingerprint"])
+        print(f"frames {name}: {out[f'{name}_seconds']:.1f} s for {kept} clips", flush=True)
+    out["same_fingerprint"] = len(fingerprints) == 1
+    out["dask_speedup_2w"] = out["dask_1w_seconds"] / out["dask_2w_seconds"]
+    out["dask_2w_vs_threads"] = out["threads_seconds"] / out["dask_2w_seconds"]
+    out["overhead_share"] = max(0.0, out["dask_1w_seconds"] - bare) / out["dask_1w_seconds"]
+    return out
+
+
+# -- DDP -------------------------------------------------------------------------------------------------------------
+def ddp(work: Path, clips: int, epochs: int) -> dict:
+    from model.training import TrainOptions, fit
+    from tests.support.tiny_dataset import noise_dataset
+
+    ds = noise_dataset(work / "ddp-data", counts={"train": [clips // 2, clips - clips // 2], "val": [4, 4],
+                                                   "test": [2, 2]}, num_frames=17, size=64)
+    out: dict = {"train_clips": clips, "epochs": epochs}
+    for n in (1, 2):
+        opts = TrainOptions(epochs=epochs, min_epochs=0, patience=None, precision="fp32", processes=n, resume=False)
+        t0 = time.perf_counter()
+        r = fit(ds, opts, work_dir=work / f"ddp-{n}")
+        steady = [h["epoch_seconds"] for h in r.history[1:]] or [h["epoch_seconds"] for h in r.history]
+        out[f"p{n}_epoch_seconds"] = statistics.mean(steady)
+        out[f"p{n}_wall_seconds"] = time.perf_counter() - t0
+        out[f"p{n}_train_loss"] = [h["train_loss"] for h in r.history]
+        print(f"ddp {n} process(es): {out[f'p{n}_epoch_seconds']:.2f} s/epoch", flush=True)
+    out["ddp_speedup_2p"] = out["p1_epoch_seconds"] / out["p2_epoch_seconds"]
+    out["max_train_loss_gap"] = max(abs(a - b) for a, b in zip(out["p1_train_loss"], out["p2_train_loss"]))
+    return out
+
+
+# -- bf16 -------------------------------------------------------------------------------------------------------------
+def precision_steps(steps: int, batch: int = 8) -> dict:
+    from model.precision import compare_steps, cpu_has_bf16
+    from model.presets import DEFAULT_PRESET, build_model
+    from model.training import _autocast, make_optimizer, param_groups
+    from model.views import ViewSpec
+    from model.predict import preprocess
+
+    view = ViewSpec(num_frames=16, input="diff", test_views=2)
+    frames = torch.randint(0, 256, (batch, view.frames_per_view, 64, 64, 3), dtype=torch.uint8)
+    y = torch.arange(batch) % 2
+    out: dict = {"cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(), "batch": batch}
+    for name, overrides in (("default", {}), ("wide4x", {"dim": 512})):
+        torch.manual_seed(0)
+        model = build_model(DEFAULT_PRESET, num_classes=2, num_frames=16, image_size=64, in_channels=view.channels,
+                            **overrides).train()
+        opt = make_optimizer(param_groups(model, 0.05), lr=1e-4)
+
+        def step(dtype) -> None:
+            with _autocast(torch.device("cpu"), dtype):
+                logits = model(preprocess(frames, view)).float()
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        fp32, bf16 = compare_steps(step, repeats=steps)
+        out[name] = {"params": sum(p.numel() for p in model.parameters()), "fp32_clips_per_s": batch / fp32,
+                     "bf16_clips_per_s": batch / bf16, "bf16_speedup": fp32 / bf16}
+        print(f"{name}: fp32 {batch / fp32:.1f} clips/s, bf16 {batch / bf16:.1f} clips/s", flush=True)
+    out["bf16_speedup"] = out["default"]["bf16_speedup"]
+    return out
+
+
+def quality(config: Path, seeds: list[int], work: Path) -> dict:
+    """The default recipe, fp32 vs bf16, same seeds, on the config's stored dataset (run its data stages first)."""
+    from model.training import fit
+    from tasks.core.config import load_config
+
+    cfg = load_config(config)
+    out: dict = {}
+    for precision in ("fp32", "bf16"):
+        runs = []
+        for seed in seeds:
+            t0 = time.perf_counter()
+            r = fit(cfg.dataset_dir, cfg.train.model_copy(update={"precision": precision, "resume": False}),
+                    seed=seed, work_dir=work / f"q-{precision}-{seed}")
+            runs.append({"seed": seed, "test_f1": r.test_metrics.get("f1"), "test_accuracy": r.test_metrics.get("accuracy"),
+                         "best_val_f1": r.best_val_f1, "epochs": len(r.history), "seconds": time.perf_counter() - t0})
+            print(f"quality {precision} seed {seed}: {runs[-1]}", flush=True)
+        out[precision] = runs
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=200)
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--height", type=int, default=240)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--shard-size", type=int, default=25)
+    ap.add_argument("--ddp-clips", type=int, default=64)
+    ap.add_argument("--ddp-epochs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=7, help="timed training steps per precision")
+    ap.add_argument("--quality", type=Path, default=None, help="also train CONFIG's default recipe fp32 vs bf16")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "scale.json")
+    args = ap.parse_args(argv)
+
+    import contextlib
+
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    # a throwaway Prefect server unless one is configured (a test's harness, a real server)
+    server = contextlib.nullcontext() if PREFECT_API_URL.value() else prefect_test_harness(server_startup_timeout=180)
+    result: dict = {"load_start": _load(), "cpus": len(os.sched_getaffinity(0))}
+    with tempfile.TemporaryDirectory() as tmp, server:
+        work = Path(tmp)
+        result["frames"] = frames_stage(work, args.clips, args.width, args.height, args.duration, args.shard_size)
+        result["ddp"] = ddp(work, args.ddp_clips, args.ddp_epochs)
+        result["precision"] = precision_steps(args.steps)
+        if args.quality:
+            result["quality"] = quality(args.quality, args.seeds, work)
+    result["load_end"] = _load()
+    f, d, p = result["frames"], result["ddp"], result["precision"]
+    line = (f"dask_speedup_2w={f['dask_speedup_2w']:.2f} overhead_share={f['overhead_share']:.3f} "
+            f"ddp_speedup_2p={d['ddp_speedup_2p']:.2f} bf16_speedup={p['bf16_speedup']:.2f}")
+    result["summary"] = line
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=1))
+    print(line)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Training on several processes with DistributedDataParallel: ``train.processes: N`` (or ``vivit train --nproc N``).
+
+How it fits :func:`model.training.fit`:
+
+* ``fit`` with ``processes > 1``, called outside torchrun, :func:`launch`\\ es ``torchrun --standalone
+  --nproc_per_node N -m model.distributed SPEC`` and waits. Each rank runs ``fit`` again (inside torchrun it
+  trains under DDP); rank 0 alone writes checkpoints and reports each epoch's metrics to an events file, which the
+  launcher passes on to the caller's callback as they come. When the ranks are done, the launcher evaluates
+  ``best.pt`` once in its own process (:func:`model.training.collect`) and returns the usual ``TrainResult``: so
+  only the calling process logs to MLflow and registers, whatever the number of ranks.
+* Same semantics as one process: every rank draws the same global order of training clips (the single-process
+  sampler, same seed) and :class:`GlobalOrderSampler` hands rank ``r`` the items ``r, r+W, ...`` of it through a
+  ``DistributedSampler``, so the W per-rank batches of ``batch_size / W`` clips together are exactly the
+  single-process batch; the weighted loss is normalised by the whole global batch; on CUDA BatchNorm statistics
+  are synchronised. Differences left: float summation order, the padding DistributedSampler adds to a last batch
+  that does not split evenly, the stochastic-depth/dropout masks (each rank draws its own, from the same RNG
+  state: ``last.pt`` keeps one RNG state, so a resumed run continues exactly), and on CPU BatchNorm (the conv
+  stem's) over each rank's share of the batch.
+* Validation runs on rank 0 alone with the unwrapped network (evaluation is a few percent of an epoch) and its
+  decision (best epoch, early stop) is broadcast, so every rank leaves the loop together.
+* Backend: gloo on CPU, nccl on CUDA (one GPU per rank, ``cuda:LOCAL_RANK``).
+* Multi-node: run the same entry point with ``torchrun --nnodes ... --node_rank ... --rdzv_endpoint ...`` on every
+  node (README, "Scaling out"); ``vivit train`` afterwards finds the finished ``last.pt`` and registers it.
+
+Imports neither Prefect nor MLflow: the launcher is plain ``subprocess`` (never a shell).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler, Sampler
+
+EVENTS_FILE = "ddp-events.jsonl"
+SPEC_FILE = "ddp-spec.json"
+LOG_FILE = "ddp.log"
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the process group; ``Ranks()`` is the single-process case."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def in_torchrun() -> bool:
+    """torchrun (and every launcher following its contract) sets WORLD_SIZE for its ranks."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def join(device_name: str) -> Ranks:
+    """Join the process group torchrun describes: nccl when this rank has a GPU, gloo otherwise."""
+    if not in_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+        return Ranks()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = device_name != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        if gpu:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if gpu else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size(), local)
+
+
+def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
+    """One GPU per rank on a node; CPU ranks share the machine."""
+    if ranks.active and device.type == "cuda":
+        return torch.device("cuda", ranks.local_rank)
+    return device
+
+
+def per_rank_batch(batch_size: int, ranks: Ranks) -> int:
+    """``batch_size`` stays the global batch, so a run means the same on any number of ranks."""
+    if batch_size % ranks.world:
+        raise ValueError(f"train.batch_size={batch_size} must be a multiple of train.processes={ranks.world} "
+                         "(it is the global batch, split evenly across ranks)")
+    return batch_size // ranks.world
+
+
+class GlobalOrderSampler(Sampler[int]):
+    """This rank's share of the order ``base`` draws (identically on every rank, from the same seed):
+    DistributedSampler's interleaved split, without its own shuffle, so the ranks' batches of one step are together
+    the single-process batch of that step."""
+
+    def __init__(self, base: Sampler[int], ranks: Ranks) -> None:
+        self.base, self.ranks = base, ranks
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.base)
+        share = DistributedSampler(order, num_replicas=self.ranks.world, rank=self.ranks.rank, shuffle=False)
+        return iter([order[i] for i in share])
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.base) / self.ranks.world)
+
+
+def global_sum(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The sum over ranks (a no-op on one process)."""
+    if ranks.active:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def gather(obj: Any, ranks: Ranks) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` on one process)."""
+    if not ranks.active:
+        return [obj]
+    out: list[Any] = [None] * ranks.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_main(obj: Any, ranks: Ranks) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not ranks.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap(model: torch.nn.Module, device: torch.device, ranks: Ranks) -> torch.nn.Module:
+    """DDP around ``model``. On CUDA BatchNorm is synchronised across ranks, as one process would compute it;
+    torch's SyncBatchNorm refuses CPU tensors, so CPU ranks normalise over their own share of the batch (the conv
+    stem's BatchNorm; the transformer's LayerNorms are per sample and unaffected)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+class EventWriter:
+    """Rank 0's callback inside torchrun: one JSON line per epoch, read by :func:`launch` in the parent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": epoch, "metrics": metrics}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def torchrun_command(spec: Path, nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "model.distributed", str(spec)]
+
+
+def launch(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path, callback: Any = None):
+    """Train with ``options.processes`` ranks under torchrun on this machine, then evaluate ``best.pt`` here.
+    Raises RuntimeError with the tail of the ranks' log when torchrun fails."""
+    from model.training import collect
+
+    per_rank_batch(options.batch_size, Ranks(world=options.processes))  # refuse before starting processes
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec, events, log_path = work_dir / SPEC_FILE, work_dir / EVENTS_FILE, work_dir / LOG_FILE
+    events.write_text("")
+    _write_json(spec, {"dataset_dir": str(Path(dataset_dir).resolve()), "work_dir": str(work_dir.resolve()),
+                       "seed": seed, "options": options.model_dump(mode="json"), "events": str(events.resolve())})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    seen = 0
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(torchrun_command(spec, options.processes), stdout=log, stderr=subprocess.STDOUT,
+                                env=env)
+        try:
+            while True:
+                finished = proc.poll() is not None
+                seen = _relay(events, seen, callback)
+                if finished:
+                    break
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:  # the caller was interrupted: take the ranks down with it
+                proc.terminate()
+                proc.wait(30)
+    if proc.returncode != 0:
+        tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-12:])
+        raise RuntimeError(f"torchrun with {options.processes} processes exited {proc.returncode}: {tail}")
+    return collect(dataset_dir, options, seed=seed, work_dir=work_dir, callback=callback)
+
+
+def _relay(events: Path, seen: int, callback: Any) -> int:
+    """Pass the epochs rank 0 reported since the last look to the caller's callback."""
+    lines = events.read_text().splitlines()
+    complete = [ln for ln in lines if ln.endswith("}")]
+    for line in complete[seen:]:
+        event = json.loads(line)
+        fn = getattr(callback, "on_epoch_end", None) if callback is not None else None
+        if fn is not None:
+            fn(int(event["epoch"]), {k: float(v) for k, v in event["metrics"].items()})
+    return len(complete)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank: ``python -m model.distributed SPEC`` under torchrun."""
+    from model.options import TrainOptions
+    from model.training import fit
+
+    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    options = TrainOptions.model_validate(spec["options"])
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        fit(Path(spec["dataset_dir"]), options, seed=int(spec["seed"]), work_dir=Path(spec["work_dir"]),
+            callback=EventWriter(Path(spec["events"])) if rank0 else None)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

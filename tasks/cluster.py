@@ -1,0 +1,94 @@
+"""Where the per-clip work of download, filter and frames runs (``cluster:`` in the config).
+
+``threads`` maps the per-clip task over this process's thread pool: one Prefect task run per clip, about 20 ms of
+overhead each. ``dask`` maps a *shard* task over a ``dask.distributed`` cluster through ``prefect-dask``: each
+shard runs the same per-clip function for ``cluster.shard_size`` clips, because Prefect's overhead per Dask task
+(130-360 ms measured) would otherwise rival the work itself at Kinetics scale. Either way the caller gets one row
+per clip, in input order, so reports, manifests and fingerprints do not depend on the engine.
+
+Workers report to the flow's Prefect API. A Dask worker that has no ``PREFECT_API_URL`` starts a temporary API
+server of its own (18.8 s for 6 tasks measured), and its task runs never show up in the flow's server: a
+``LocalCluster`` started here gets the flow's API URL in its workers' environment; workers of an existing
+scheduler (``cluster.address``) must be started with it (README, "Scaling out").
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+from prefect import get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.core.cluster import shards, worker_environment
+from tasks.core.config import ClusterConfig
+from tasks.progress import gather
+
+
+def flow_api_url() -> str:
+    """The Prefect API this process talks to: the configured one, or the temporary server it started itself."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or str(get_client(sync_client=True).api_url)
+
+
+def dask_runner(cluster: ClusterConfig):
+    """A ``DaskTaskRunner`` on ``cluster.address``, or on a LocalCluster of ``cluster.workers`` single-threaded
+    processes (frames and filter decode with one thread per clip, so one process per core) that reach the
+    flow's Prefect API."""
+    from prefect_dask import DaskTaskRunner
+
+    if cluster.address:
+        return DaskTaskRunner(address=cluster.address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": cluster.workers, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": None, "env": worker_environment(flow_api_url(), dict(os.environ))},
+    )
+
+
+def _shard_name() -> str:
+    from prefect.runtime import task_run
+
+    p = task_run.parameters
+    return f"{p.get('stage', 'clips')}-shard-{p.get('index', 0)}"
+
+
+@task(name="shard", cache_policy=NO_CACHE, task_run_name=_shard_name)
+def run_shard(stage: str, index: int, per_clip: Any, key: str, items: list[Any], kwargs: dict[str, Any],
+              threads: int) -> list[Any]:
+    """The per-clip task's own function over one shard, ``threads`` clips at a time (downloads wait on the
+    network, so they overlap within a worker; decoding does not). No retries: the per-clip functions never raise
+    for a clip, and a shard lost with its worker is run again by Dask on another worker."""
+    def one(item: Any, ctx: contextvars.Context) -> Any:
+        return ctx.run(per_clip.fn, **{key: item}, **kwargs)  # the run context (logger) follows into the thread
+
+    if threads <= 1 or len(items) <= 1:
+        rows = [per_clip.fn(**{key: item}, **kwargs) for item in items]
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            rows = list(pool.map(one, items, [contextvars.copy_context() for _ in items]))
+    get_run_logger().info("%s shard %d: %d clip(s) done on pid %d", stage, index, len(rows), os.getpid())
+    return rows
+
+
+def map_clips(cluster: ClusterConfig, stage: str, per_clip: Any, key: str, items: Sequence[Any],
+              kwargs: dict[str, Any], threads: int) -> list[Any]:
+    """``per_clip(key=item, **kwargs)`` for every item, rows in input order, on the configured engine.
+    ``threads``: clips at once on the thread engine, and within one Dask shard."""
+    items = list(items)
+    if not items:
+        return []
+    if cluster.engine == "threads":
+        with ThreadPoolTaskRunner(max_workers=threads) as runner:
+            futures = runner.map(per_clip, {key: items, **{k: unmapped(v) for k, v in kwargs.items()}})
+            return gather(futures, stage)
+    parts = shards(items, cluster.shard_size)
+    with dask_runner(cluster) as runner:
+        futures = runner.map(run_shard, {
+            "stage": unmapped(stage), "index": list(range(len(parts))), "per_clip": unmapped(per_clip),
+            "key": unmapped(key), "items": parts, "kwargs": unmapped(kwargs), "threads": unmapped(threads)})
+        return [row for part in gather(futures, stage, unit="shards") for row in part]

@@ -1,0 +1,179 @@
+"""Scaling out on real engines: download -> filter -> frames on a ``dask.distributed`` LocalCluster of 2 worker
+processes gives the thread runner's manifest and fingerprint, its shard task runs report to the flow's Prefect API
+(no temporary API per worker), and a worker killed mid-stage loses nothing after a re-run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from tasks.core.cluster import shards, worker_environment
+from tasks.core.config import PipelineConfig
+
+
+def test_shards_keep_order_and_cover_everything():
+    items = list(range(7))
+    parts = shards(items, 3)
+    assert parts == [[0, 1, 2], [3, 4, 5], [6]] and [x for p in parts for x in p] == items
+    assert shards([], 5) == [] and shards(items, 100) == [items]
+    with pytest.raises(ValueError):
+        shards(items, 0)
+
+
+def test_workers_get_the_flows_api_and_settings():
+    env = worker_environment("http://127.0.0.1:4321/api", {"PREFECT_HOME": "/x/.prefect", "PATH": "/bin",
+                                                             "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    assert env == {"PREFECT_API_URL": "http://127.0.0.1:4321/api", "PREFECT_HOME": "/x/.prefect",
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1"}
+    with pytest.raises(ValueError, match="API URL"):
+        worker_environment("", {})
+
+
+def test_cluster_section_validates():
+    cfg = PipelineConfig.model_validate({"cluster": {"engine": "dask", "workers": 3, "shard_size": 10}})
+    assert (cfg.cluster.engine, cfg.cluster.address, cfg.cluster.workers, cfg.cluster.shard_size) == ("dask", None, 3, 10)
+    assert PipelineConfig().cluster.engine == "threads"
+    for bad in ({"engine": "ray"}, {"shard_size": 0}, {"workers": 0}, {"shards": 3}):
+        with pytest.raises(ValueError):
+            PipelineConfig.model_validate({"cluster": bad})
+
+
+# -- real engines ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_source(tmp_path_factory):
+    from tests.support.videos import demo_source
+
+    return demo_source(tmp_path_factory.mktemp("src"), per_class=6, seed=4)
+
+
+def _config(data_dir, demo_source, **cluster) -> PipelineConfig:
+    src, csv = demo_source
+    return PipelineConfig.model_validate({
+        "data_dir": str(data_dir), "annotations": [str(csv)], "url_template": f"file://{src}/videos/{{youtube_id}}.mp4",
+        "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
+        "frames": {"num_frames": 5, "size": 32, "workers": 2}, "train": {"view_frames": 4},
+        "cluster": cluster or {"engine": "threads"},
+    })
+
+
+def _stages(cfg: PipelineConfig) -> None:
+    from flows.download import download_flow
+    from flows.filter import filter_flow
+    from flows.frames import frames_flow
+
+    download_flow(cfg)
+    filter_flow(cfg)
+    frames_flow(cfg)
+
+
+def _manifest(cfg: PipelineConfig) -> pd.DataFrame:
+    """The manifest without the one column that records when a file was written."""
+    return pd.read_parquet(cfg.dataset_dir / "manifest.parquet").drop(columns=["frames_mtime_ns"])
+
+
+def _fingerprint(cfg: PipelineConfig) -> str:
+    return json.loads((cfg.dataset_dir / "dataset.json").read_text())["fingerprint"]
+
+
+def _report(cfg: PipelineConfig, name: str) -> pd.DataFrame:
+    df = pd.read_csv(cfg.reports_dir / name, dtype=str, keep_default_na=False)
+    return df.drop(columns=[c for c in df.columns if "mtime" in c or c in ("attempts", "seconds")])
+
+
+@pytest.fixture(scope="module")
+def threads_run(prefect_harness, demo_source, tmp_path_factory):
+    cfg = _config(tmp_path_factory.mktemp("threads") / "data", demo_source)
+    _stages(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def local_cluster(prefect_harness):
+    """One LocalCluster of 2 single-threaded worker processes for this module (starting one costs seconds), its
+    workers started with the flow's Prefect API URL as the README tells users to start theirs."""
+    from distributed import Client, LocalCluster
+
+    from tasks.cluster import flow_api_url
+
+    env = worker_environment(flow_api_url(), dict(os.environ))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as lc, \
+            Client(lc) as client:
+        yield lc, client
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_the_thread_runners_dataset(threads_run, local_cluster, demo_source, tmp_path):
+    """Two worker processes, shards of 5 clips: the same download/filter/frames reports, manifest and fingerprint;
+    the shard task runs are in the flow's Prefect API, so the workers reported there (not to temporary servers),
+    and both worker processes did some of the work."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    lc, client = local_cluster
+    cfg = _config(tmp_path / "data", demo_source, engine="dask", address=lc.scheduler_address, shard_size=5)
+    _stages(cfg)
+    pd.testing.assert_frame_equal(_manifest(cfg), _manifest(threads_run))
+    assert _fingerprint(cfg) == _fingerprint(threads_run)
+    assert len(_manifest(cfg)) == 12
+    for name in ("download.csv", "filter.csv", "frames.csv"):
+        pd.testing.assert_frame_equal(_report(cfg, name), _report(threads_run, name))
+
+    with get_client(sync_client=True) as api:
+        runs = api.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-shard-")))
+    names = {r.name for r in runs if r.state and r.state.is_completed()}
+    # 12 clips in shards of 5: 3 shards per stage, all completed and recorded by the flow's own API
+    assert {f"{stage}-shard-{i}" for stage in ("download", "filter", "frames") for i in range(3)} <= names
+
+    # an unchanged re-run on Dask does nothing and keeps the dataset
+    from flows.frames import frames_flow
+
+    again = frames_flow(cfg)
+    assert again["counts"]["sampled"] == 0 and again["counts"]["already_done"] == 12
+    assert _fingerprint(cfg) == _fingerprint(threads_run)
+
+
+@pytest.mark.slow
+def test_killing_a_dask_worker_mid_stage_then_rerunning_loses_nothing(threads_run, local_cluster, demo_source,
+                                                                       tmp_path):
+    """An existing scheduler (``cluster.address``); one worker is killed (SIGKILL) as soon as the first clip's
+    frames appear. Dask re-runs its shard elsewhere (the nanny restarts the worker), or the stage fails; either way
+    a re-run completes with every clip, identical to threads."""
+    from flows.frames import frames_flow
+
+    lc, client = local_cluster
+    data = tmp_path / "data"
+    for part in ("raw", "reports"):
+        shutil.copytree(threads_run.data_dir / part, data / part)
+    (data / "reports" / "frames.csv").unlink()
+    cfg = _config(data, demo_source, engine="dask", address=lc.scheduler_address, shard_size=1)
+    outcome: dict = {}
+
+    def first_run() -> None:
+        try:
+            outcome["summary"] = frames_flow(cfg)
+        except Exception as e:  # noqa: BLE001 - a failed first run is one allowed outcome
+            outcome["error"] = e
+
+    runner = threading.Thread(target=first_run)
+    runner.start()
+    frames_dir = cfg.dataset_dir / "frames"
+    deadline = time.monotonic() + 300
+    while not (frames_dir.is_dir() and any(frames_dir.rglob("*.npy"))) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim = sorted(client.run(os.getpid).values())[0]
+    os.kill(victim, signal.SIGKILL)
+    at_kill = len(list(frames_dir.rglob("*.npy")))
+    runner.join(300)
+    assert not runner.is_alive() and outcome
+    second = frames_flow(cfg)
+    assert 0 < at_kill < 12, "the worker was killed mid-stage"
+    assert second["counts"]["clips"] == 12 and second["counts"]["failed"] == 0
+    assert second["counts"]["sampled"] + second["counts"]["already_done"] == 12
+    pd.testing.assert_frame_equal(_manifest(cfg), _manifest(threads_run))
+    assert _fingerprint(cfg) == _fingerprint(threads_run)
