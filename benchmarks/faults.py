@@ -138,7 +138,7 @@ def config(root: Path, src: Path, csv: Path, uri: str | None = None, epochs: int
 
 
 def partials(data: Path) -> list[Path]:
-    from tasks.core.paths import is_partial
+    from tasks.lib.paths import is_partial
 
     return [p for p in data.rglob("*") if p.is_file() and is_partial(p)]
 
@@ -407,7 +407,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--only", default="", help="comma list of trial kinds: kill,concurrent,mlflow,disk,bad")
     args = ap.parse_args()
-    from tasks.core.demo_data import generate_demo_dataset
+    from tasks.lib.demo import generate_demo_dataset
 
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="vivit-faults-"))

@@ -41,7 +41,7 @@ def frames(n: int, width: int, height: int, seed: int):
 
 
 def make_inputs(d: Path, clips: int, minutes: float) -> dict[str, list[str]]:
-    from tasks.core.media import encode_video
+    from tasks.lib.media import encode_video
 
     folder = d / "clips"
     folder.mkdir()
@@ -60,7 +60,7 @@ def register_model(uri: str) -> None:
     from model.predict import VideoClassifier
     from model.presets import build_model
     from tasks import tracking
-    from tasks.core.config import MlflowConfig
+    from tasks.lib.config import MlflowConfig
 
     cfg = MlflowConfig(tracking_uri=uri, experiment="bench", model_name="bench")
     tracking.use_store(cfg)

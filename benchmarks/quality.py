@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import flows  # noqa: E402,F401  -- embedded Prefect defaults before prefect is imported
 from model.metrics import macro_f1  # noqa: E402
 from model.options import TrainOptions  # noqa: E402
-from tasks.core.config import ConfigError, PipelineConfig, load_config  # noqa: E402
+from tasks.lib.config import ConfigError, PipelineConfig, load_config  # noqa: E402
 
 SURV_FIGHT_CONFIG = ROOT / "configs" / "surv_fight.yaml"
 SURV_FIGHT_DATA = ROOT.parent / "shared" / "datasets" / "surv_fight" / "annotations.csv"

@@ -10,7 +10,7 @@ filter (what ffmpeg-python builds), with the frame count from the same demux pas
 filter graph, raw RGB out through a pipe.
 
 Clips: generated 10-second H.264 clips (30 fps, GOP 2 s, moving shapes over a panning textured background) at
-340x256 and 640x360, written with tasks.core.media.encode_video into a temporary folder.
+340x256 and 640x360, written with tasks.lib.media.encode_video into a temporary folder.
 
 Fairness: (b) is single-threaded, so our sampler and (a) run with one decoder thread and one swscale thread too
 (``threads=1``); the frames stage itself runs ``frames.workers`` clips at once instead. Each clip is timed
@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.core.media import encode_video, ffmpeg_command, ffmpeg_exe  # noqa: E402
-from tasks.core.sampling import (  # noqa: E402
+from tasks.lib.media import encode_video, ffmpeg_command, ffmpeg_exe  # noqa: E402
+from tasks.lib.sampling import (  # noqa: E402
     open_video,
     resized_dims,
     sample_clip,

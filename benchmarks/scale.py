@@ -1,7 +1,7 @@
 """Scaling out, measured in one run: the frames stage on threads vs Dask (1 and 2 workers), DDP 1 vs 2 processes,
 and fp32 vs bf16 training steps.
 
-* **frames**: ``--clips`` generated Kinetics-format clips (``tasks/core/demo_data.py``, ``--width``x``--height``,
+* **frames**: ``--clips`` generated Kinetics-format clips (``tasks/lib/demo/``, ``--width``x``--height``,
   ``--duration`` s) go through the real download and filter stages once (threads); then the frames stage samples
   them from scratch on each engine: threads (``frames.workers`` 2), Dask LocalCluster with 1 worker, with 2 workers
   (``cluster.shard_size`` ``--shard-size``). The bare work is the same sampler called in a plain loop, one
@@ -42,7 +42,7 @@ import flows  # noqa: E402,F401  -- the embedded Prefect defaults
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tasks.core.config import PipelineConfig  # noqa: E402
+from tasks.lib.config import PipelineConfig  # noqa: E402
 
 
 def _load() -> list[float]:
@@ -61,7 +61,7 @@ def frames_config(data_dir: Path, src: Path, csv: Path, shard_size: int, **clust
 
 def bare_sampling_seconds(cfg: PipelineConfig) -> tuple[float, int]:
     """The frames stage's per-clip work alone: the sampler over every kept clip, one thread, no Prefect."""
-    from tasks.core import reports, sampling
+    from tasks.lib import reports, sampling
 
     rows = [r for r in reports.read_csv_rows(cfg.reports_dir / "filter.csv") if r.get("status") == "kept"]
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
     from flows.download import download_flow
     from flows.filter import filter_flow
     from flows.frames import frames_flow
-    from tasks.core.demo_data import generate_demo_dataset
+    from tasks.lib.demo import generate_demo_dataset
 
     src = work / "src"
     csv = generate_demo_dataset(src, n_dribbling=clips - clips // 2, n_dunking=clips // 2, seed=0, width=width,
@@ -161,7 +161,7 @@ def precision_steps(steps: int, batch: int = 8) -> dict:
 def quality(config: Path, seeds: list[int], work: Path) -> dict:
     """The default recipe, fp32 vs bf16, same seeds, on the config's stored dataset (run its data stages first)."""
     from model.training import fit
-    from tasks.core.config import load_config
+    from tasks.lib.config import load_config
 
     cfg = load_config(config)
     out: dict = {}

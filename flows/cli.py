@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def explain(e: BaseException) -> tuple[int, str]:
     """Exit code and the one line a user reads for an exception that reached the command."""
-    from tasks.core.errors import ServiceUnavailable, UserError, disk_full_message, is_disk_full
+    from tasks.lib.errors import ServiceUnavailable, UserError, disk_full_message, is_disk_full
 
     if isinstance(e, UserError):
         return EXIT_USAGE, str(e)
@@ -175,14 +175,14 @@ def _main(args) -> int:
             print(f"{name:<18} params={d['params'] / 1e6:6.2f}M  GFLOPs/clip(16x128x128)={d['gflops']:.2f}")
         return EXIT_OK
     if args.command == "demo-data":
-        from tasks.core.demo_data import generate_demo_dataset
+        from tasks.lib.demo import generate_demo_dataset
 
         kw = {k: v for k, v in (("n_dribbling", args.n_dribbling), ("n_dunking", args.n_dunking)) if v is not None}
         csv = generate_demo_dataset(args.out, seed=args.seed, extra_classes=args.extra_classes, **kw)
         print(f"wrote {csv} and {csv.parent / 'videos'}")
         return EXIT_OK
 
-    from tasks.core.config import ConfigError, load_config
+    from tasks.lib.config import ConfigError, load_config
 
     if getattr(args, "nproc", None):
         args.overrides.append(f"train.processes={args.nproc}")
@@ -204,7 +204,7 @@ def _main(args) -> int:
         except ValueError as e:
             print(f"vivit: {e}", file=sys.stderr)
             return EXIT_USAGE
-    from tasks.core.errors import StageFailed
+    from tasks.lib.errors import StageFailed
 
     with _quiet_expected_tracebacks(args.debug), own_prefect_server():
         try:
@@ -231,7 +231,7 @@ def _quiet_expected_tracebacks(debug: bool):
 
     from prefect.logging.configuration import setup_logging
 
-    from tasks.core.errors import ServiceUnavailable, StageFailed, UserError, is_disk_full
+    from tasks.lib.errors import ServiceUnavailable, StageFailed, UserError, is_disk_full
 
     def expected(exc: BaseException) -> bool:
         if isinstance(exc, (StageFailed, UserError, ServiceUnavailable)) or is_disk_full(exc):
@@ -290,7 +290,7 @@ def _drain_prefect_workers() -> None:
 def own_prefect_server():
     """Without ``PREFECT_API_URL`` the flows need a temporary Prefect server. Prefect starts one itself, but it
     outlived a kill -9 of ``vivit`` in 26 of 32 trials. So the command starts it, from the main thread, as a
-    child that the kernel kills when this process dies (``tasks.core.procs``), stops it on exit, and turns
+    child that the kernel kills when this process dies (``tasks.lib.procs``), stops it on exit, and turns
     SIGTERM into a normal exit (which stops it too)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -307,7 +307,7 @@ def own_prefect_server():
             return
         from prefect.server.api import server as prefect_server
 
-        from tasks.core.procs import die_with_parent_kwargs
+        from tasks.lib.procs import die_with_parent_kwargs
 
         real = prefect_server.subprocess
 
@@ -338,7 +338,7 @@ def own_prefect_server():
 
 def _predict(cfg, args) -> int:
     from tasks import tracking
-    from tasks.core.predicting import ResultWriter, expand_inputs
+    from tasks.lib.predicting import ResultWriter, expand_inputs
     from tasks.predict import stream_predictions
 
     if args.stride is not None and args.window is None:

@@ -11,11 +11,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from tasks.cluster import map_clips
-from tasks.core import download as core
-from tasks.core.annotations import AnnotationError
-from tasks.core.config import PipelineConfig
-from tasks.core.errors import StageFailed, failed_summary
-from tasks.core.locks import data_dir_lock
+from tasks.lib import download as core
+from tasks.lib.annotations import AnnotationError
+from tasks.lib.config import PipelineConfig
+from tasks.lib.errors import StageFailed, failed_summary
+from tasks.lib.locks import data_dir_lock
 from tasks.download import clean_partials_task, download_clip_task, select_clips_task, write_report_task
 
 

@@ -7,10 +7,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from tasks.cluster import map_clips
-from tasks.core import filtering as core
-from tasks.core.config import PipelineConfig
-from tasks.core.errors import StageFailed, failed_summary
-from tasks.core.locks import data_dir_lock
+from tasks.lib import filtering as core
+from tasks.lib.config import PipelineConfig
+from tasks.lib.errors import StageFailed, failed_summary
+from tasks.lib.locks import data_dir_lock
 from tasks.filter import check_clip, plan_filter, write_filter_report
 
 

@@ -11,9 +11,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from tasks.cluster import map_clips
-from tasks.core.config import PipelineConfig
-from tasks.core.errors import StageFailed, failed_summary
-from tasks.core.locks import data_dir_lock
+from tasks.lib.config import PipelineConfig
+from tasks.lib.errors import StageFailed, failed_summary
+from tasks.lib.locks import data_dir_lock
 from tasks.guards import check_space_for_frames
 from tasks.frames import FilterReportMissing, decoder_threads, plan_frames, sample_clip_task, write_dataset
 

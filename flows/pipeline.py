@@ -11,9 +11,9 @@ from flows.download import download_flow
 from flows.filter import filter_flow
 from flows.frames import frames_flow
 from flows.train import train_flow
-from tasks.core.config import PipelineConfig
-from tasks.core.errors import StageFailed
-from tasks.core.locks import data_dir_lock
+from tasks.lib.config import PipelineConfig
+from tasks.lib.errors import StageFailed
+from tasks.lib.locks import data_dir_lock
 
 STAGES: dict[str, Callable[..., dict]] = {
     "download": download_flow,

@@ -9,9 +9,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from tasks import tracking
-from tasks.core.config import PipelineConfig
-from tasks.core.errors import StageFailed, failed_summary, is_disk_full, disk_full_message
-from tasks.core.locks import data_dir_lock
+from tasks.lib.config import PipelineConfig
+from tasks.lib.errors import StageFailed, failed_summary, is_disk_full, disk_full_message
+from tasks.lib.locks import data_dir_lock
 from tasks.guards import check_space_for_training, check_tracking_store
 from tasks.train import (
     DatasetMissingError, find_reusable_run, read_dataset_info, summary_message, train_and_register, train_key,

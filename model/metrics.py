@@ -15,7 +15,7 @@ _SLUG_RE = re.compile(r"[^a-z0-9]+")
 
 def label_slug(label: str) -> str:
     """Metric-name form of a class label, ``"dribbling basketball"`` -> ``"dribbling_basketball"``: the same rule as
-    ``tasks.core.paths.label_slug`` (kept here so that ``model/`` stands alone when MLflow ships it as code)."""
+    ``tasks.lib.paths.label_slug`` (kept here so that ``model/`` stands alone when MLflow ships it as code)."""
     slug = _SLUG_RE.sub("_", str(label).strip().lower()).strip("_")
     if not slug:
         raise ValueError(f"label {label!r} has no usable characters for a metric name")

@@ -29,7 +29,7 @@ learns) or the first N blocks (with the embeddings before them).
 **The checkpoint decides the data.** :func:`checkpoint_input` reads only ``config.json`` and
 ``preprocessor_config.json`` (no weights) and says what the checkpoint was trained to see: frames per clip, image
 size and the RGB mean/std (its processor's ``image_mean``/``image_std``, else the family's: ImageNet's for VideoMAE,
-0.5 for ViViT and ViT). The pipeline config takes frames and size from it (``tasks.core.config``) and training puts
+0.5 for ViViT and ViT). The pipeline config takes frames and size from it (``tasks.lib.config``) and training puts
 mean/std into the :class:`~model.views.ViewSpec` that travels with the weights. Mean/std apply to ``[0, 1]``
 pixels (HF's ViViT processor additionally offsets to ``[-1, 1]`` first; ViViT's JAX reference, whose function the
 weights are, feeds ``[-1, 1]``, which is what 0.5/0.5 on ``[0, 1]`` gives).

@@ -22,8 +22,8 @@ from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.core.cluster import shards, worker_environment
-from tasks.core.config import ClusterConfig
+from tasks.lib.cluster import shards, worker_environment
+from tasks.lib.config import ClusterConfig
 from tasks.progress import gather
 
 

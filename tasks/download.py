@@ -1,6 +1,6 @@
 """Prefect tasks of the download stage: read and select annotations, download one clip, write the report.
 
-Retries: the per-clip task has no Prefect ``retries``. ``tasks.core.download.download_clip`` retries transient
+Retries: the per-clip task has no Prefect ``retries``. ``tasks.lib.download.download_clip`` retries transient
 failures itself (server errors, timeouts, dropped connections) with exponential back-off and returns a report
 row in every case, so a clip that fails is a normal, reported outcome rather than a failed task state, and the
 number of attempts is exact and tested without a Prefect server.
@@ -16,9 +16,9 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.core import download as core
-from tasks.core.annotations import Clip, load_clips
-from tasks.core.config import DownloadConfig, PipelineConfig
+from tasks.lib import download as core
+from tasks.lib.annotations import Clip, load_clips
+from tasks.lib.config import DownloadConfig, PipelineConfig
 
 
 @task(name="select-clips", cache_policy=NO_CACHE)

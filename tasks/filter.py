@@ -10,8 +10,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.core import filtering as core
-from tasks.core.config import PipelineConfig
+from tasks.lib import filtering as core
+from tasks.lib.config import PipelineConfig
 
 
 @dataclass

@@ -21,10 +21,10 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.core import filtering, reports, sampling
-from tasks.core.config import PipelineConfig, normalise_split
-from tasks.core.paths import UnsafePathError, atomic_path, atomic_write_text, label_slug, safe_join
-from tasks.core.splits import SplitClip, assign_splits
+from tasks.lib import filtering, reports, sampling
+from tasks.lib.config import PipelineConfig, normalise_split
+from tasks.lib.paths import UnsafePathError, atomic_path, atomic_write_text, label_slug, safe_join
+from tasks.lib.splits import SplitClip, assign_splits
 
 FRAMES_REPORT_COLUMNS = ["clip_id", "label", "source_path", "status", "reason", "message", "frames_path"]
 

@@ -1,10 +1,10 @@
 """Checks a stage makes before it starts, so that what would fail half-way with an opaque message (a full disk,
 an unreachable MLflow server) fails at once, in one line that names the thing and the fix. Each raises
-:class:`~tasks.core.errors.StageFailed`, so the flow run ends Failed with that line as its message."""
+:class:`~tasks.lib.errors.StageFailed`, so the flow run ends Failed with that line as its message."""
 from __future__ import annotations
 
-from tasks.core.config import PipelineConfig
-from tasks.core.errors import DiskFullError, ServiceUnavailable, StageFailed, UserError, check_free_space, failed_summary
+from tasks.lib.config import PipelineConfig
+from tasks.lib.errors import DiskFullError, ServiceUnavailable, StageFailed, UserError, check_free_space, failed_summary
 
 
 def check_space_for_frames(config: PipelineConfig, clips_todo: int) -> None:

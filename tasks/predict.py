@@ -1,6 +1,6 @@
 """Classify new videos with a registered model, sampling frames exactly as training did: the sampling
 parameters (frame count, size) travel with the logged model, never from the caller. The logic is in
-:mod:`tasks.core.predicting`; this module adapts a loaded classifier to it and wraps it in Prefect tasks."""
+:mod:`tasks.lib.predicting`; this module adapts a loaded classifier to it and wraps it in Prefect tasks."""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from prefect import task
 
-from tasks.core.predicting import predict_stream
+from tasks.lib.predicting import predict_stream
 
 
 def classify_fn(classifier: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -23,7 +23,7 @@ def classify_fn(classifier: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def stream_predictions(classifier: Any, inputs: Iterable[str], **options: Any) -> Iterator[dict[str, Any]]:
-    """:func:`tasks.core.predicting.predict_stream` with the classifier's own classes and sampling parameters."""
+    """:func:`tasks.lib.predicting.predict_stream` with the classifier's own classes and sampling parameters."""
     return predict_stream(classify_fn(classifier), classifier.classes, inputs, num_frames=classifier.num_frames,
                           image_size=classifier.image_size, **options)
 
@@ -38,7 +38,7 @@ def classify_videos(classifier: Any, paths: list[str], batch_size: int = 8, **op
 def load_model(model_uri: str | None, tracking_uri: str | None) -> Any:
     """``model_uri=None``: the one registered model with a champion (as ``vivit predict`` without ``--model``)."""
     from tasks import tracking
-    from tasks.core.config import MlflowConfig
+    from tasks.lib.config import MlflowConfig
 
     cfg = MlflowConfig(tracking_uri=tracking_uri)
     uri = tracking.use_store(cfg)
@@ -51,7 +51,7 @@ def classify_task(classifier: Any, videos: list[str], options: dict[str, Any], o
     from prefect import get_run_logger
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from tasks.core.predicting import ResultWriter, expand_inputs
+    from tasks.lib.predicting import ResultWriter, expand_inputs
 
     items = list(expand_inputs(videos))
     logger = get_run_logger()

@@ -35,9 +35,9 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 import numpy as np
 
-from tasks.core import locks
-from tasks.core.config import MlflowConfig
-from tasks.core.errors import ServiceUnavailable, UserError
+from tasks.lib import locks
+from tasks.lib.config import MlflowConfig
+from tasks.lib.errors import ServiceUnavailable, UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # The champion is decided on the smoothed validation score that selected the epoch (model/training.py TrainState),

@@ -13,9 +13,9 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from model.options import stable_hash
 from tasks import tracking
-from tasks.core import plots
-from tasks.core.config import PipelineConfig
-from tasks.core.paths import atomic_write_text, label_slug
+from tasks.lib import plots
+from tasks.lib.config import PipelineConfig
+from tasks.lib.paths import atomic_write_text, label_slug
 
 
 class DatasetMissingError(FileNotFoundError):

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.core.annotations import AnnotationError, Clip, closest_labels, load_clips, parse_annotations, read_csv_source
-from tasks.core.paths import UnsafePathError, safe_join
+from tasks.lib.annotations import AnnotationError, Clip, closest_labels, load_clips, parse_annotations, read_csv_source
+from tasks.lib.paths import UnsafePathError, safe_join
 from tests.support.http_server import serve_directory
 
 K400 = """label,youtube_id,time_start,time_end,split,is_cc
@@ -135,7 +135,7 @@ def test_csv_over_http_and_refused_schemes(tmp_path):
 def test_bad_times_are_reported_rows(start, end, why):
     import pandas as pd
 
-    from tasks.core.annotations import parse_annotations
+    from tasks.lib.annotations import parse_annotations
 
     df = pd.DataFrame([{"label": "a b", "youtube_id": "abc", "time_start": start, "time_end": end, "split": "train"},
                        {"label": "a b", "youtube_id": "abd", "time_start": "1", "time_end": "11", "split": "train"}])
@@ -149,7 +149,7 @@ def test_bad_times_are_reported_rows(start, end, why):
     ("label,youtube_id,time_start,time_end,split\ncaf\xe9,abc,0,1,train\n".encode("latin-1"), "not UTF-8"),
 ])
 def test_unusable_csv_files_are_one_line_naming_the_file(tmp_path, content, words):
-    from tasks.core.annotations import AnnotationError, read_csv_source
+    from tasks.lib.annotations import AnnotationError, read_csv_source
 
     p = tmp_path / "bad.csv"
     p.write_bytes(content)

@@ -28,7 +28,7 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
     references, and the summary line."""
     import yaml
 
-    from tasks.core.demo_data import generate_demo_dataset
+    from tasks.lib.demo import generate_demo_dataset
 
     src = tmp_path / "src"
     csv = generate_demo_dataset(src, n_dribbling=6, n_dunking=6, seed=2, width=96, height=72, duration=4.0,

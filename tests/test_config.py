@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.config import KINETICS_ANNOTATIONS, ConfigError, PipelineConfig, load_config
+from tasks.lib.config import KINETICS_ANNOTATIONS, ConfigError, PipelineConfig, load_config
 
 
 def test_defaults_match_the_issue():

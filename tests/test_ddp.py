@@ -103,7 +103,7 @@ def test_train_stage_with_two_processes_registers_one_model(prefect_harness, ds,
     from mlflow import MlflowClient
 
     from flows.train import train_flow
-    from tasks.core.config import PipelineConfig
+    from tasks.lib.config import PipelineConfig
 
     data = tmp_path / "data"
     shutil.copytree(ds, data / "dataset")

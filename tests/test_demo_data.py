@@ -22,10 +22,10 @@ from sklearn.model_selection import GroupKFold, StratifiedKFold, cross_val_predi
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tasks.core import demo_data
-from tasks.core.annotations import parse_annotations, read_csv_source, select_clips
-from tasks.core.config import load_config
-from tasks.core.demo_data import CLASSES, DRIBBLING, DUNKING, EXTRA_CLASSES, generate_demo_dataset
+from tasks.lib.demo import generate as demo_data
+from tasks.lib.annotations import parse_annotations, read_csv_source, select_clips
+from tasks.lib.config import load_config
+from tasks.lib.demo import CLASSES, DRIBBLING, DUNKING, EXTRA_CLASSES, generate_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 16

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tasks.core.config import PipelineConfig, load_config
+from tasks.lib.config import PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -78,7 +78,7 @@ def loopback_server(tmp_path):
 
 @pytest.mark.slow
 def test_deploy_run_and_work_against_loopback_server(loopback_server, tmp_path):
-    from tasks.core.demo_data import generate_demo_dataset
+    from tasks.lib.demo import generate_demo_dataset
 
     api, env = loopback_server
     src = tmp_path / "src"

@@ -11,11 +11,11 @@ from pathlib import Path
 import av
 import pytest
 
-from tasks.core import download as dl
-from tasks.core.annotations import Clip
-from tasks.core.config import DownloadConfig, PipelineConfig
-from tasks.core.media import probe
-from tasks.core.paths import is_partial
+from tasks.lib import download as dl
+from tasks.lib.annotations import Clip
+from tasks.lib.config import DownloadConfig, PipelineConfig
+from tasks.lib.media import probe
+from tasks.lib.paths import is_partial
 from tests.support.http_server import serve_directory
 from tests.support.stages import failed_summary
 from tests.support.videos import make_counter_video, read_counter
@@ -387,8 +387,8 @@ def test_bad_time_rows_are_skipped_and_the_stage_goes_on(prefect_harness, server
 
 
 def test_ffmpeg_command_lines_are_built_by_ffmpeg_python_with_the_measured_arguments():
-    from tasks.core.download import trim_command
-    from tasks.core.media import encode_command, options_from_argv
+    from tasks.lib.download import trim_command
+    from tasks.lib.media import encode_command, options_from_argv
 
     cut = trim_command(Path("in.webm"), Path("out.mp4"), 1.5, 2.25, exe="ffmpeg")
     assert cut[0] == "ffmpeg" and cut.index("-ss") < cut.index("-i") and cut[cut.index("-ss") + 1] == "1.500"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.core import locks
-from tasks.core.errors import DiskFullError, StageFailed, check_free_space, disk_full_message, is_disk_full
+from tasks.lib import locks
+from tasks.lib.errors import DiskFullError, StageFailed, check_free_space, disk_full_message, is_disk_full
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -61,7 +61,7 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 HOLD = """
 import sys, time
-from tasks.core.locks import exclusive
+from tasks.lib.locks import exclusive
 with exclusive(sys.argv[1], "data_dir X", command="holder"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -105,7 +105,7 @@ def test_a_second_writer_refuses_or_waits_and_a_dead_owner_is_taken_over(tmp_pat
 
 
 def test_temporary_files_of_a_live_writer_are_not_cleaned(tmp_path):
-    from tasks.core.download import clean_partials
+    from tasks.lib.download import clean_partials
 
     raw = tmp_path / "raw" / "x"
     raw.mkdir(parents=True)
@@ -124,7 +124,7 @@ def test_temporary_files_of_a_live_writer_are_not_cleaned(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_source(tmp_path_factory):
-    from tasks.core.demo_data import generate_demo_dataset
+    from tasks.lib.demo import generate_demo_dataset
 
     src = tmp_path_factory.mktemp("src")
     csv = generate_demo_dataset(src, n_dribbling=3, n_dunking=3, seed=2, width=96, height=72, duration=4.0,
@@ -242,8 +242,8 @@ def test_a_killed_training_is_marked_killed_and_a_registered_one_is_reused(tmp_p
 
 CHILDREN = """
 import subprocess, sys, time
-from tasks.core.media import ffmpeg_exe
-from tasks.core.procs import die_with_parent_kwargs, patch_ytdlp_popen
+from tasks.lib.media import ffmpeg_exe
+from tasks.lib.procs import die_with_parent_kwargs, patch_ytdlp_popen
 cmd = [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=5",
        "-t", "600", "-f", "null", "-"]
 ours = subprocess.Popen(cmd, **die_with_parent_kwargs())
@@ -285,7 +285,7 @@ def test_the_temporary_prefect_server_dies_with_the_command(tmp_path, demo_sourc
 # -- truthful states -----------------------------------------------------------------------------------------
 def test_a_failed_stage_fails_its_flow_run_and_the_pipeline(prefect_harness, tmp_path, demo_source):
     from flows.pipeline import pipeline_flow
-    from tasks.core.config import PipelineConfig
+    from tasks.lib.config import PipelineConfig
     from tests.test_cli import _last_flow_run_state
 
     src, csv = demo_source
@@ -303,7 +303,7 @@ def test_a_killed_filter_keeps_its_quarantine_verdicts(prefect_harness, tmp_path
     """Killed after quarantining a file and before writing filter.csv: the re-run rebuilds the row from
     quarantine/<class>/<file>.reason.txt instead of listing the file as missing."""
     from flows.filter import filter_flow
-    from tasks.core.filtering import quarantine_file
+    from tasks.lib.filtering import quarantine_file
     from tests.test_frames_flow import config, make_data_dir
 
     data = make_data_dir(tmp_path / "data", {"dribbling basketball": 3, "dunking basketball": 3}, bad=False)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.core import filtering
-from tasks.core.filtering import CheckResult, FilterItem, check_video
-from tasks.core.media import ffmpeg_exe
+from tasks.lib import filtering
+from tasks.lib.filtering import CheckResult, FilterItem, check_video
+from tasks.lib.media import ffmpeg_exe
 from tests.support.videos import make_counter_video
 
 

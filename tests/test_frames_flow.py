@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.stages import failed_summary
 
-from tasks.core.config import PipelineConfig
+from tasks.lib.config import PipelineConfig
 from tests.support.videos import make_counter_video
 
 CLASSES = ["dribbling basketball", "dunking basketball"]

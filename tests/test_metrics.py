@@ -64,7 +64,7 @@ def test_classification_report():
 
 def test_metric_label_slug_matches_the_folder_slug():
     from model.metrics import label_slug
-    from tasks.core.paths import label_slug as folder_slug
+    from tasks.lib.paths import label_slug as folder_slug
 
     for label in ["dribbling basketball", "Dunking  Basketball!", "a-b_c", "tai chi (24 form)", "x.y"]:
         assert label_slug(label) == folder_slug(label)

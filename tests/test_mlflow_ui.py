@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tasks import tracking
-from tasks.core.config import MlflowConfig
+from tasks.lib.config import MlflowConfig
 
 pytestmark = pytest.mark.slow
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)

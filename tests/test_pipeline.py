@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.core.config import PipelineConfig
+from tasks.lib.config import PipelineConfig
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def demo_source(tmp_path_factory):
-    from tasks.core.demo_data import generate_demo_dataset
+    from tasks.lib.demo import generate_demo_dataset
 
     src = tmp_path_factory.mktemp("src")
     csv = generate_demo_dataset(src, n_dribbling=8, n_dunking=4, seed=1, width=96, height=72, duration=4.0, clip_len=3.0)

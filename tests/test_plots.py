@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.image as mpimg
 import numpy as np
 
-from tasks.core import plots
+from tasks.lib import plots
 
 
 def test_normalised_rows_are_per_true_class():

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tasks.core.predicting import (
+from tasks.lib.predicting import (
     Item,
     ResultWriter,
     expand_inputs,
@@ -16,7 +16,7 @@ from tasks.core.predicting import (
     plan_segments,
     predict_stream,
 )
-from tasks.core.sampling import sample_clip, segment_centres
+from tasks.lib.sampling import sample_clip, segment_centres
 from tests.support.videos import make_counter_video, read_counter
 
 T, S = 4, 32
@@ -89,7 +89,7 @@ def test_segments_cover_the_video():
 
 def test_frames_are_exactly_trainings(clips):
     for key in ("v0", "v2", "deep"):
-        from tasks.core.filtering import check_video
+        from tasks.lib.filtering import check_video
 
         n = check_video(clips[key]).frames
         [(k, frames)] = list(iter_segment_frames(clips[key], plan_segments(n, 25.0, 8), 40))

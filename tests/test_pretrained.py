@@ -140,7 +140,7 @@ def test_the_checkpoint_says_what_it_sees(videomae_ckpt, videomae_pretraining_ck
 
 
 def test_the_pipeline_config_follows_the_checkpoint(videomae_ckpt, vit_ckpt, tmp_path, monkeypatch):
-    from tasks.core.config import ConfigError, load_config
+    from tasks.lib.config import ConfigError, load_config
 
     folder = str(videomae_ckpt[0])
     rgb = ["train.input=rgb", f"train.init={folder}"]
@@ -204,7 +204,7 @@ def test_mismatches_and_hub_access_are_clear_errors(vivit_ckpt, tmp_path, monkey
 
 @pytest.fixture(scope="module")
 def demo_source(tmp_path_factory):
-    from tasks.core.demo_data import generate_demo_dataset
+    from tasks.lib.demo import generate_demo_dataset
 
     src = tmp_path_factory.mktemp("src")
     csv = generate_demo_dataset(src, n_dribbling=6, n_dunking=6, seed=2, width=64, height=48, duration=3.0, clip_len=2.0)

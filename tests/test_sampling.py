@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.core import sampling
-from tasks.core.media import encode_video, ffmpeg_exe, probe
-from tasks.core.sampling import SamplingError, sample_clip, sample_clip_info, segment_centres
+from tasks.lib import sampling
+from tasks.lib.media import encode_video, ffmpeg_exe, probe
+from tasks.lib.sampling import SamplingError, sample_clip, sample_clip_info, segment_centres
 from tests.support.videos import make_counter_video, read_counter
 
 # 160 px wide: the counter's 10 blocks are exactly 16 px, so they stay readable after a square resize to 64

@@ -13,8 +13,8 @@ import time
 import pandas as pd
 import pytest
 
-from tasks.core.cluster import shards, worker_environment
-from tasks.core.config import PipelineConfig
+from tasks.lib.cluster import shards, worker_environment
+from tasks.lib.config import PipelineConfig
 
 
 def test_shards_keep_order_and_cover_everything():

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from tasks import tracking
-from tasks.core.config import MlflowConfig
-from tasks.core.sampling import sample_clip
+from tasks.lib.config import MlflowConfig
+from tasks.lib.sampling import sample_clip
 from tests.support.videos import make_counter_video
 
 ROOT = Path(__file__).resolve().parents[1]

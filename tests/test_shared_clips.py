@@ -9,9 +9,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from tasks.core.filtering import check_video
-from tasks.core.media import ffmpeg_exe, probe
-from tasks.core.sampling import resized_dims, sample_clip_info
+from tasks.lib.filtering import check_video
+from tasks.lib.media import ffmpeg_exe, probe
+from tasks.lib.sampling import resized_dims, sample_clip_info
 
 pytestmark = pytest.mark.shared
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from tasks.core.splits import SplitClip, apportion, assign_splits, hash_order, official_splits, random_splits
+from tasks.lib.splits import SplitClip, apportion, assign_splits, hash_order, official_splits, random_splits
 
 FR = (0.7, 0.15, 0.15)
 

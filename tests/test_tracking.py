@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tasks import tracking
-from tasks.core.config import MlflowConfig
+from tasks.lib.config import MlflowConfig
 from tests.support.videos import make_counter_video
 
 T, S, K = 4, 32, 2

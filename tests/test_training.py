@@ -15,7 +15,7 @@ from model.data import balanced_class_weights, balanced_sample_weights, load_dat
 from model.predict import SingleFrame, VideoClassifier, predict_proba
 from model.training import TrainOptions, TrainResult, fit, load_best
 from model.views import ViewSpec
-from tasks.core.config import PipelineConfig
+from tasks.lib.config import PipelineConfig
 from tests.support.tiny_dataset import noise_dataset, temporal_order_dataset
 
 

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tasks.core.errors import StageFailed
+from tasks.lib.errors import StageFailed
 
 
 def failed_summary(flow: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:

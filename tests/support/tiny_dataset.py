@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from tasks.core.paths import label_slug
+from tasks.lib.paths import label_slug
 
 
 def write_dataset(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.core.media import encode_video
+from tasks.lib.media import encode_video
 
 BITS = 10
 
@@ -60,7 +60,7 @@ def make_counter_video(
 def demo_source(root: Path, *, per_class: int, seed: int) -> tuple[Path, Path]:
     """A small Kinetics-format source (``annotations.csv`` + ``videos/``) of 4 s 96x72 clips with 3 s annotated
     spans, served to yt-dlp as ``file://`` URLs: ``(root, csv)``."""
-    from tasks.core.demo_data import generate_demo_dataset
+    from tasks.lib.demo import generate_demo_dataset
 
     csv = generate_demo_dataset(root, n_dribbling=per_class, n_dunking=per_class, seed=seed, width=96, height=72,
                                 duration=4.0, clip_len=3.0)

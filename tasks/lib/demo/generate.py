@@ -31,7 +31,6 @@ calling it again with the same arguments on a complete output does no work.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .media import encode_video
+from tasks.lib.media import encode_video
 
 DRIBBLING = "dribbling basketball"
 DUNKING = "dunking basketball"
@@ -821,22 +820,3 @@ def clip_states(spec: ClipSpec, times) -> dict[str, np.ndarray]:
 def _render_job(job: tuple[ClipSpec, str]) -> None:
     spec, path = job
     encode_video(render_frames(spec), path, fps=spec.fps)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tasks.core.demo_data", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--n-dribbling", type=int, default=80)
-    ap.add_argument("--n-dunking", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--extra-classes", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=None)
-    a = ap.parse_args(argv)
-    csv_path = generate_demo_dataset(a.out, n_dribbling=a.n_dribbling, n_dunking=a.n_dunking, seed=a.seed,
-                                     extra_classes=a.extra_classes, workers=a.workers)
-    print(csv_path)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

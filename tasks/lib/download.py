@@ -12,7 +12,7 @@ Why it is built this way:
 * **No audio.** Training reads frames only, so the format selector prefers video-only formats (smaller, no merge
   step) and the local cut drops audio. ``download.format`` overrides the selector for users who want more.
 * **Nothing half-written under a final name.** Every temporary file is a hidden ``.<stem>.part-<hex>...`` sibling
-  of the final file (``tasks.core.paths.is_partial`` recognises them), removed in ``finally``; the final
+  of the final file (``tasks.lib.paths.is_partial`` recognises them), removed in ``finally``; the final
   ``<data_dir>/raw/<label_slug>/<clip_stem>.mp4`` appears by ``os.replace`` only after the result was probed
   and a frame decoded. A file yt-dlp accepts but that is not a playable video is ``failed``/``not_video``.
 * **Failures are data.** :func:`classify_error` maps yt-dlp's messages to a small set of reasons for the report;

@@ -8,7 +8,7 @@ stream of results in input order.
   one-frame video, a truncated download) gets an error result naming the filter's reason instead of a
   prediction. The check also yields the decoded frame count, which fixes the indices of every segment.
 * **Frames exactly as in training**: the same segment-centre indices over the decoded frames and the same
-  :class:`~tasks.core.sampling.FrameConverter` as :func:`~tasks.core.sampling.sample_clip`; a test checks the
+  :class:`~tasks.lib.sampling.FrameConverter` as :func:`~tasks.lib.sampling.sample_clip`; a test checks the
   arrays are identical.
 * **Bounded memory.** One sequential decode per video; only the frames a pending segment needs are converted
   and kept, and they are dropped once no pending segment needs them. Segments go to the model in batches of
