@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from model.options import stable_hash
 from tasks import tracking
 from tasks.lib import plots
 from tasks.lib.config import PipelineConfig
-from tasks.lib.paths import atomic_write_text, label_slug
+from tasks.lib.paths import atomic_write_text
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -117,15 +118,101 @@ def _misclassified_rows(predictions: Any, limit: int = 50) -> list[dict[str, Any
             for r in wrong.itertuples()]
 
 
+def _view_dict(view: Any) -> dict[str, Any]:
+    """The whole view (frames, input, test views, diff gap, mean/std) as plain JSON/YAML values."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(view).items()}
+
+
+def _log_inputs(config: PipelineConfig, dataset_info: dict[str, Any]) -> None:
+    """What determines the model (what train_key hashes) as params; the whole config as config.yaml; the manifest
+    as the run's dataset."""
+    from model.presets import describe
+
+    view = config.train.view
+    size = int(dataset_info["size"])
+    cost = describe(config.train.model, num_frames=view.num_frames, image_size=size, in_channels=view.channels)
+    tracking.log_params({
+        "train": config.train.determining(),
+        "seed": config.seed,
+        "preset": config.train.model,
+        "preset_params": cost.get("params"),
+        "preset_gflops_per_clip": cost.get("gflops"),
+        "dataset_fingerprint": dataset_info.get("fingerprint"),
+        "classes": list(dataset_info["classes"]),
+        "sampling": {"num_frames": int(dataset_info["num_frames"]), "size": size, "method": dataset_info.get("sampling")},
+        "view": _view_dict(view),
+        "split_counts": dataset_info.get("split_counts"),
+    })
+    tracking.log_config(config)
+    tracking.log_dataset(config.dataset_dir / "manifest.parquet", str(dataset_info.get("fingerprint")), "kinetics-frames")
+
+
+def _final_metrics(result: Any, started: float) -> dict[str, float]:
+    test = result.test_metrics or {}
+    final = {"best_val_f1": result.best_val_f1, "best_val_score": result.best_val_score, "best_epoch": result.best_epoch}
+    for prefix, report in (("test", test), ("best_val", result.val_metrics or {})):
+        for k in ("accuracy", "f1", "loss", "auc"):
+            if report.get(k) is not None:
+                final[f"{prefix}_{k}"] = report[k]
+        for k in ("accuracy_ci", "f1_ci"):
+            if report.get(k) is not None:
+                final[f"{prefix}_{k[:-3]}_ci_low"], final[f"{prefix}_{k[:-3]}_ci_high"] = report[k]
+    final["train_seconds"] = time.time() - started
+    return final
+
+
+def _log_report(result: Any, classes: list[str], out: Path) -> None:
+    """Plots, the per-clip test predictions and the full classification report as run artifacts."""
+    test = result.test_metrics or {}
+    figures = [plots.learning_curves(result.history, out / "learning_curves.png", result.best_epoch)]
+    if test.get("confusion_matrix"):
+        figures.append(plots.confusion_matrix(test["confusion_matrix"], classes, out / "confusion_matrix.png"))
+        figures.append(plots.confusion_matrix(test["confusion_matrix"], classes,
+                                              out / "confusion_matrix_normalized.png", normalize=True))
+    tracking.log_artifacts(figures, "plots")
+    predictions = result.test_predictions
+    if predictions is not None and len(predictions):
+        csv_path = atomic_write_text(out / "test_predictions.csv", predictions.to_csv(index=False, float_format="%.6f"))
+        tracking.log_artifacts([csv_path], "report")
+    report = {"classes": classes, "test": test, "val": result.val_metrics, "history": result.history,
+              "epochs": result.epoch_reports, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}
+    tracking.log_dict(report, "report/classification_report.json")
+
+
+def _package(result: Any, config: PipelineConfig, dataset_info: dict[str, Any], key: str) -> str:
+    """Log the classifier (with the trained view: a pretrained start brings its checkpoint's mean/std); its URI."""
+    from model.predict import VideoClassifier
+
+    classes = list(dataset_info["classes"])
+    num_frames, size = int(dataset_info["num_frames"]), int(dataset_info["size"])
+    metadata = {"classes": classes, "num_frames": num_frames, "image_size": size, "preset": config.train.model,
+                "sampling": dataset_info.get("sampling", "uniform segment centres"), "train_key": key,
+                "view": _view_dict(result.view)}
+    classifier = VideoClassifier(result.model, classes=classes, num_frames=num_frames, image_size=size, view=result.view)
+    return tracking.log_classifier(classifier, metadata=metadata)
+
+
+def _summary_artifacts(config: PipelineConfig, final: dict[str, float], reg: Any, result: Any, classes: list[str]) -> None:
+    rows = [{"metric": k, "value": round(float(v), 4)} for k, v in final.items()]
+    rows += [{"metric": f"registry {k}", "value": str(v)} for k, v in reg.as_dict().items()]
+    create_table_artifact(rows, key="train-summary", description=f"training {config.train.model} on {len(classes)} classes")
+    per_class = _per_class_rows(result.test_metrics or {})
+    if per_class:
+        create_table_artifact(per_class, key="train-per-class", description="test per-class report")
+    wrong = _misclassified_rows(result.test_predictions)
+    if wrong:
+        create_table_artifact(wrong, key="train-test-errors",
+                              description=f"misclassified test clips ({len(wrong)} shown, most confident first)")
+
+
 @task(name="train-and-register")
 def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key: str) -> dict[str, Any]:
-    from model.predict import VideoClassifier
-    from model.presets import describe
+    """One MLflow run: inputs logged, ``fit`` reporting every epoch through the callback, then the report, the
+    packaged classifier and its registration (the champion moves on the smoothed val score)."""
     from model.training import fit
 
     logger = get_run_logger()
     uri = tracking.use_store(config.mlflow)
-    options = config.train
     work_dir = config.data_dir / "runs" / key
     tags = {
         "train_key": key,
@@ -135,78 +222,18 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
         "dataset.fingerprint": str(dataset_info.get("fingerprint")),
     }
     classes = list(dataset_info["classes"])
-    num_frames, size = int(dataset_info["num_frames"]), int(dataset_info["size"])
     started = time.time()
     with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}", tags) as run_id:
-        view = options.view
-        cost = describe(config.train.model, num_frames=view.num_frames, image_size=size, in_channels=view.channels)
-        tracking.log_params(  # what determines the model (what train_key hashes); the whole config is config.yaml
-            {
-                "train": config.train.determining(),
-                "seed": config.seed,
-                "preset": config.train.model,
-                "preset_params": cost.get("params"),
-                "preset_gflops_per_clip": cost.get("gflops"),
-                "dataset_fingerprint": dataset_info.get("fingerprint"),
-                "classes": classes,
-                "sampling": {"num_frames": num_frames, "size": size, "method": dataset_info.get("sampling")},
-                "view": {"num_frames": view.num_frames, "input": view.input, "test_views": view.test_views},
-                "split_counts": dataset_info.get("split_counts"),
-            }
-        )
-        tracking.log_config(config)
-        tracking.log_dataset(config.dataset_dir / "manifest.parquet", str(dataset_info.get("fingerprint")), "kinetics-frames")
-        callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(options.epochs))
-        result = fit(config.dataset_dir, options, seed=config.seed, work_dir=work_dir, callback=callback)
-
-        test = result.test_metrics or {}
-        final = {"best_val_f1": result.best_val_f1, "best_val_score": result.best_val_score,
-                 "best_epoch": result.best_epoch}
-        for prefix, report in (("test", test), ("best_val", result.val_metrics or {})):
-            for k in ("accuracy", "f1", "loss", "auc"):
-                if report.get(k) is not None:
-                    final[f"{prefix}_{k}"] = report[k]
-            for k in ("accuracy_ci", "f1_ci"):
-                if report.get(k) is not None:
-                    final[f"{prefix}_{k[:-3]}_ci_low"], final[f"{prefix}_{k[:-3]}_ci_high"] = report[k]
-        final["train_seconds"] = time.time() - started
+        _log_inputs(config, dataset_info)
+        callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(config.train.epochs))
+        result = fit(config.dataset_dir, config.train, seed=config.seed, work_dir=work_dir, callback=callback)
+        final = _final_metrics(result, started)
         tracking.log_metrics(final)
-
-        out = work_dir / "report"
-        figures = [plots.learning_curves(result.history, out / "learning_curves.png", result.best_epoch)]
-        if test.get("confusion_matrix"):
-            figures.append(plots.confusion_matrix(test["confusion_matrix"], classes, out / "confusion_matrix.png"))
-            figures.append(plots.confusion_matrix(test["confusion_matrix"], classes,
-                                                  out / "confusion_matrix_normalized.png", normalize=True))
-        tracking.log_artifacts(figures, "plots")
-        predictions = result.test_predictions
-        if predictions is not None and len(predictions):
-            csv_path = atomic_write_text(out / "test_predictions.csv", predictions.to_csv(index=False, float_format="%.6f"))
-            tracking.log_artifacts([csv_path], "report")
-        report = {"classes": classes, "test": test, "val": result.val_metrics, "history": result.history,
-                  "epochs": result.epoch_reports, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}
-        tracking.log_dict(report, "report/classification_report.json")
-
-        view = result.view  # the trained one: a pretrained start brings its checkpoint's mean/std
-        metadata = {"classes": classes, "num_frames": num_frames, "image_size": size, "preset": config.train.model,
-                    "sampling": dataset_info.get("sampling", "uniform segment centres"), "train_key": key,
-                    "view": {"num_frames": view.num_frames, "input": view.input, "test_views": view.test_views,
-                             "mean": list(view.mean), "std": list(view.std)}}
-        classifier = VideoClassifier(result.model, classes=classes, num_frames=num_frames, image_size=size, view=view)
-        model_uri = tracking.log_classifier(classifier, metadata=metadata)
-        # the champion is decided on the smoothed selection score, not on one lucky epoch's raw val F1
+        _log_report(result, classes, work_dir / "report")
+        model_uri = _package(result, config, dataset_info, key)
         reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, float(result.best_val_score))
         logger.info("registered %s v%d (%s)", reg.name, reg.version, reg.decision)
-
-    rows = [{"metric": k, "value": round(float(v), 4)} for k, v in final.items()]
-    rows += [{"metric": f"registry {k}", "value": str(v)} for k, v in reg.as_dict().items()]
-    create_table_artifact(rows, key="train-summary", description=f"training {config.train.model} on {len(classes)} classes")
-    if _per_class_rows(test):
-        create_table_artifact(_per_class_rows(test), key="train-per-class", description="test per-class report")
-    wrong = _misclassified_rows(result.test_predictions)
-    if wrong:
-        create_table_artifact(wrong, key="train-test-errors",
-                              description=f"misclassified test clips ({len(wrong)} shown, most confident first)")
+    _summary_artifacts(config, final, reg, result, classes)
     return {
         "run_id": run_id,
         "tracking_uri": uri,
