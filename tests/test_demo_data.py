@@ -23,6 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from tasks.lib.demo import generate as demo_data
+from tasks.lib.demo.render import clip_states
 from tasks.lib.annotations import parse_annotations, read_csv_source, select_clips
 from tasks.lib.config import load_config
 from tasks.lib.demo import CLASSES, DRIBBLING, DUNKING, EXTRA_CLASSES, generate_demo_dataset
@@ -212,7 +213,7 @@ def test_ground_truth_states_carry_no_single_frame_class(tmp_path):
     feats, labels = [], []
     for spec in demo_data.plan_clips(params):
         times = spec.time_start + (np.arange(NUM_FRAMES) + 0.5) * (spec.time_end - spec.time_start) / NUM_FRAMES
-        s = demo_data.clip_states(spec, times)
+        s = clip_states(spec, times)
         ph = s["player_height"]
         feats.append(np.stack([s["player_x"] / ph, s["rim_x"] / ph, s["lift"] / ph, s["ball_x"] / ph,
                                s["ball_y"] / ph, s["facing"]], axis=1))
