@@ -96,6 +96,14 @@ class TrainOptions(BaseModel):
             raise ValueError(f"unknown preset {v!r}: {hint}presets are {sorted(PRESETS)} (vivit presets lists them)")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_defaults_to_rgb(cls, data: Any) -> Any:
+        """Checkpoints were trained on RGB frames: with ``init`` and no explicit ``input``, the input is RGB."""
+        if isinstance(data, dict) and data.get("init") and "input" not in data:
+            return {**data, "input": "rgb"}
+        return data
+
     @model_validator(mode="after")
     def _pretrained_sees_rgb(self) -> "TrainOptions":
         if self.init and self.input != "rgb":

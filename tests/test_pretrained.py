@@ -292,6 +292,7 @@ def test_a_pretrained_start_needs_rgb_input(vivit_ckpt):
     from model.training import TrainOptions
 
     folder, _ = vivit_ckpt
+    assert TrainOptions(init=str(folder)).input == "rgb"  # a checkpoint's input, not the from-scratch diff default
     with pytest.raises(ValueError, match="train.input: rgb"):
-        TrainOptions(init=str(folder))  # the default input is frame differences
+        TrainOptions(init=str(folder), input="diff")  # asked for explicitly: refused, with the fix
     assert TrainOptions(init=str(folder), input="rgb").init == str(folder)
