@@ -68,7 +68,7 @@ class TrainOptions(BaseModel):
     processes: int = Field(1, ge=1, le=256, description="DistributedDataParallel processes on this machine "
                            "(torchrun; gloo on CPU, nccl on CUDA); batch_size stays the global batch")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="autocast: auto = bf16 on CUDA, on CPU only where a few timed steps show it faster")
+        "auto", description="autocast: auto = bf16 on CUDA, fp32 on CPU; fp32; bf16")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
     single_frame: bool = Field(False, description="ablation: feed only the middle position of each view")

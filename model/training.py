@@ -400,45 +400,13 @@ def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path, not
     )
     work_dir.mkdir(parents=True, exist_ok=True)
     forward = torch.compile(model) if opts.compile else model
-    amp = ddp.from_main(_choose_precision(opts, device, model, view, info, work_dir) if ranks.main else None, ranks)
+    amp = autocast_dtype(opts.precision, device)
     if amp is not None:
         notes.append(f"train.precision={opts.precision}: {amp} autocast")
     return _Run(opts, seed, info, view, device, network, model, forward,
                 dataset(train_rows, True), loader_kw, eval_loaders, criterion, optimizer, scheduler,
                 training_fingerprint(opts, seed, info), work_dir / "last.pt", work_dir / "best.pt",
                 ranks, ddp.wrap(forward, device, ranks) if ranks.active else None, amp)
-
-
-def _choose_precision(opts: TrainOptions, device: torch.device, model: nn.Module, view: ViewSpec, info: DatasetInfo,
-                      work_dir: Path) -> torch.dtype | None:
-    """Resolve ``opts.precision``; for ``auto`` on CPU, by timing training steps of a copy of the network on a
-    random batch of the real shape (the copy keeps the run's own weights and RNG untouched)."""
-    import copy
-
-    if opts.precision != "auto" or device.type != "cpu":
-        return autocast_dtype(opts.precision, device)
-    trial = copy.deepcopy(model).train()
-    optimizer = make_optimizer(param_groups(trial, 0.0), lr=1e-6)
-    shape = (opts.batch_size, view.frames_per_view, info.image_size, info.image_size, 3)
-    g = torch.Generator().manual_seed(0)
-    frames = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
-    y = torch.arange(opts.batch_size) % len(info.classes)
-
-    def step(dtype: torch.dtype | None) -> None:
-        with _autocast(device, dtype):
-            logits = trial(preprocess(frames, view)).float()
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    what = {"model": opts.model, "batch": list(shape), "classes": len(info.classes), "input": view.input,
-            "init": opts.init, "freeze": str(opts.freeze), "single_frame": opts.single_frame}
-    rng = torch.get_rng_state()
-    try:
-        return autocast_dtype("auto", device, step=step, what=what, cache=work_dir.parent / "precision.json")
-    finally:
-        torch.set_rng_state(rng)
 
 
 def training_fingerprint(opts: TrainOptions, seed: int, info: DatasetInfo) -> str:

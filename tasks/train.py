@@ -229,6 +229,8 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
         result = fit(config.dataset_dir, config.train, seed=config.seed, work_dir=work_dir, callback=callback)
         final = _final_metrics(result, started)
         tracking.log_metrics(final)
+        # the network actually trained (a pretrained start is the checkpoint's architecture, not the preset's)
+        tracking.log_params({"model_params": sum(p.numel() for p in result.model.parameters())})
         _log_report(result, classes, work_dir / "report")
         model_uri = _package(result, config, dataset_info, key)
         reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, float(result.best_val_score))
