@@ -396,6 +396,8 @@ def test_ffmpeg_command_lines_are_built_by_ffmpeg_python_with_the_measured_argum
     assert pairs["-i"] == "in.webm" and pairs["-t"] == "2.250" and pairs["-map"] == "0:V:0"
     assert pairs["-c:v"] == "libx264" and pairs["-crf"] == "20" and pairs["-movflags"] == "+faststart"
     assert {"-an", "-sn", "-dn", "-y", "-nostdin"} <= set(cut) and cut.index("out.mp4") > cut.index("-i")
+    threads = [i for i, a in enumerate(cut) if a == "-threads"]  # one decoder thread, one encoder thread
+    assert len(threads) == 2 and threads[0] < cut.index("-i") < threads[1] and cut[threads[1] + 1] == "1"
     enc = encode_command("o.mkv", 64, 48, fps=10, codec="ffv1", pix_fmt="bgr0", gop=5, extra=["-movflags", "+faststart", "-an"],
                          exe="ffmpeg")
     assert enc[enc.index("-i") + 1] == "pipe:" and enc[enc.index("-s") + 1] == "64x48" and "-nostdin" not in enc
