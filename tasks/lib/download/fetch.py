@@ -52,12 +52,13 @@ def trim_command(src: Path, dst: Path, start: float, duration: float, exe: str |
     when several ran at once (5 of 16 clips, 3 concurrent repeats), so the raw clips, and the frames and dataset
     fingerprint after them, depended on the load and the engine. Pinned, they are identical on threads and Dask; the
     stage runs clips in parallel anyway."""
-    return ffmpeg_command(str(src), str(dst), input_options={"ss": f"{float(start):.3f}", "threads": 1}, exe=exe,
-                          output_options={
+    output = {
         "t": f"{duration:.3f}", "threads": 1, "map": "0:V:0", "an": None, "sn": None, "dn": None,
         "vf": "scale=trunc(iw/2)*2:trunc(ih/2)*2",  # yuv420p needs even sizes
         "c:v": "libx264", "preset": "veryfast", "crf": 20, "pix_fmt": "yuv420p", "movflags": "+faststart", "f": "mp4",
-    })
+    }
+    return ffmpeg_command(str(src), str(dst), input_options={"ss": f"{float(start):.3f}", "threads": 1},
+                          output_options=output, exe=exe)
 
 
 def trim_video(src: Path, dst: Path, start: float, end: float, *, timeout: float | None = None) -> Path:
