@@ -19,7 +19,7 @@ What it does, and why:
   ``resume=True`` continues an interrupted run from ``last.pt`` when the fingerprint matches, so a crash costs at
   most one epoch and the result equals an uninterrupted run. Everything is loaded with ``weights_only=True``.
 * Device ``auto``: CUDA when available, else CPU. ``precision`` (:mod:`model.precision`): bf16 autocast on CUDA,
-  on CPU only where it is measured faster. ``torch.compile`` optional.
+  fp32 on CPU unless ``bf16`` is asked for. ``torch.compile`` optional.
 * ``processes > 1``: DistributedDataParallel under torchrun (:mod:`model.distributed`): same global batch and
   sample order as one process; rank 0 alone validates, writes checkpoints and reports.
 * ``single_frame=True`` (ablation) wraps the network in :class:`model.predict.SingleFrame`: it sees the middle
