@@ -100,20 +100,25 @@ def row_key(name: str) -> str:
     return name.split()[0]
 
 
-def reuse_rows(previous: Path, wanted: dict[str, TrainOptions], seeds: list[int]) -> dict[str, dict]:
-    """Rows of an earlier run of this benchmark whose options and seeds are exactly the ones asked for now: a recipe
-    change that cannot touch a comparison row (e.g. ``diff_gap`` for the RGB rows) need not pay for it again."""
+def reuse_rows(previous: Path, wanted: dict[str, TrainOptions], seeds: list[int], dataset: str) -> dict[str, dict]:
+    """Rows of an earlier run of this benchmark whose options, seeds and dataset fingerprint are exactly the ones
+    asked for now: a recipe change that cannot touch a comparison row (e.g. ``diff_gap`` for the RGB rows) need not
+    pay for it again."""
     try:
         old = json.loads(previous.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"cannot reuse rows from {previous}: {e}") from None
+    if old.get("dataset_fingerprint") != dataset:
+        raise SystemExit(f"{previous} was measured on another dataset (fingerprint {old.get('dataset_fingerprint')}, "
+                         f"now {dataset}): train every row (drop --rows)")
+    when = time.strftime("%Y-%m-%d", time.gmtime(previous.stat().st_mtime))
     out = {}
     for name, opts in wanted.items():
         row = old.get("rows", {}).get(name)
         if row is None or row.get("options") != opts.determining() or old.get("seeds") != seeds:
             raise SystemExit(f"{previous} has no row {name!r} with these options and seeds {seeds}: train it "
                              f"(add {row_key(name)} to --rows)")
-        out[name] = {**row, "reused_from": f"{previous.name} ({time.strftime('%Y-%m-%d', time.gmtime(previous.stat().st_mtime))})"}
+        out[name] = {**row, "reused_from": f"{previous.name} ({when})"}
     return out
 
 
@@ -197,11 +202,14 @@ def main(argv: list[str] | None = None) -> dict:
         run_data_stages(config)
     data_seconds = time.time() - started
     reference = motion_reference(config.dataset_dir)
+    from model.data import load_dataset
+
+    fingerprint = load_dataset(config.dataset_dir).fingerprint
     every = variants(config.train)
     reused = {}
     if args.rows is not None:
         reused = reuse_rows(args.out / "quality.json", {n: o for n, o in every.items() if row_key(n) not in args.rows},
-                            args.seeds)
+                            args.seeds, fingerprint)
     with tempfile.TemporaryDirectory() as tmp:
         args.out.mkdir(parents=True, exist_ok=True)
         trained = train_rows(config, args.seeds, Path(tmp), args.out / "quality.partial.json", only=args.rows)
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"worst_seed_test_f1={default['test_f1_min']:.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"config": str(args.config), "overrides": args.overrides, "dataset": str(config.dataset_dir),
+              "dataset_fingerprint": fingerprint,
               "seeds": args.seeds, "data_seconds": round(data_seconds, 1), "rows": rows, "reference": reference,
               "summary": last}
     (args.out / "quality.json").write_text(json.dumps(result, indent=2))

@@ -61,6 +61,13 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
     assert again["rows"]["frame-mlp (RGB)"]["runs"] == rows["frame-mlp (RGB)"]["runs"]
     assert again["rows"]["frame-mlp (RGB)"]["reused_from"].startswith("quality.json")
     assert "reused_from" not in again["rows"]["default"] and "| frame-mlp (RGB) † |" in (out / "quality.md").read_text()
+    saved = json.loads((out / "quality.json").read_text())
+    assert saved["dataset_fingerprint"]
+    (out / "quality.json").write_text(json.dumps({**saved, "dataset_fingerprint": "another"}))
+    with pytest.raises(SystemExit, match="another dataset"):  # rows of other data are never reused
+        _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data",
+                                 "--rows", "default"])
+    (out / "quality.json").write_text(json.dumps(saved))
     with pytest.raises(SystemExit, match="no row 'single frame \\(RGB\\)' with these options"):
         _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data",
                                  "--rows", "default", "--set", "train.lr=0.002"])
