@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.training import make_optimizer  # noqa: E402
+from model.optim import make_optimizer  # noqa: E402
 from model.presets import DEFAULT_PRESET, PRESETS, build_model, describe, register_cpu_attention_flops  # noqa: E402
 
 BATCH, FRAMES, SIZE, CLASSES = 8, 16, 128, 2

@@ -9,7 +9,7 @@ Input is a float clip ``(B, T, C, H, W)``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -40,15 +40,13 @@ class FrameMLPConfig:
 
 
 class FrameMLP(nn.Module):
-    """See the module docstring. Keyword-only construction with the fields of :class:`FrameMLPConfig`."""
+    """See the module docstring. ``FrameMLP(config)`` with a :class:`FrameMLPConfig`."""
 
-    def __init__(self, *, num_classes: int, num_frames: int, image_size: int, **kwargs) -> None:
+    def __init__(self, config: FrameMLPConfig) -> None:
         super().__init__()
-        unknown = set(kwargs) - set(FrameMLPConfig.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown FrameMLP arguments {sorted(unknown)}; known: {sorted(FrameMLPConfig.__dataclass_fields__)}")
-        cfg = FrameMLPConfig(num_classes=num_classes, num_frames=num_frames, image_size=image_size, **kwargs)
-        self.config = cfg
+        if not isinstance(config, FrameMLPConfig):
+            raise TypeError(f"FrameMLP takes a FrameMLPConfig, got {type(config).__name__}")
+        self.config = cfg = config
         pixels = cfg.in_channels * cfg.image_size**2
         self.frame_embed = nn.Sequential(
             nn.Linear(pixels, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.dim)
@@ -65,7 +63,7 @@ class FrameMLP(nn.Module):
 
     @classmethod
     def from_config(cls, config: FrameMLPConfig) -> "FrameMLP":
-        return cls(**asdict(config))
+        return cls(config)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, T, C, H, W)`` -> encoded per-frame vectors ``(B, T, D)``."""

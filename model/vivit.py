@@ -28,11 +28,11 @@ Input is a float clip ``(B, T, C, H, W)``, normalised as :func:`model.predict.pr
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 
 from model.layers import (
@@ -188,16 +188,14 @@ class FactorisedSelfAttentionBlock(nn.Module):
 
 
 class ViViT(nn.Module):
-    """Video Vision Transformer; see the module docstring. Construct with keyword arguments (the fields of
-    :class:`ViViTConfig`) or from a config with :meth:`from_config`."""
+    """Video Vision Transformer; see the module docstring. ``ViViT(config)``: every hyperparameter is a field of
+    :class:`ViViTConfig` (``model/presets.py`` names the usual ones)."""
 
-    def __init__(self, *, num_classes: int, num_frames: int, image_size: int, **kwargs) -> None:
+    def __init__(self, config: ViViTConfig) -> None:
         super().__init__()
-        unknown = set(kwargs) - set(ViViTConfig.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown ViViT arguments {sorted(unknown)}; known: {sorted(ViViTConfig.__dataclass_fields__)}")
-        cfg = ViViTConfig(num_classes=num_classes, num_frames=num_frames, image_size=image_size, **kwargs)
-        self.config = cfg
+        if not isinstance(config, ViViTConfig):
+            raise TypeError(f"ViViT takes a ViViTConfig, got {type(config).__name__}")
+        self.config = cfg = config
         d, nt, ns = cfg.dim, cfg.num_temporal, cfg.num_spatial
         block_kw = dict(heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, dropout=cfg.dropout,
                         attn_dropout=cfg.attn_dropout, act=cfg.act, norm_eps=cfg.norm_eps)
@@ -254,7 +252,7 @@ class ViViT(nn.Module):
 
     @classmethod
     def from_config(cls, config: ViViTConfig) -> "ViViT":
-        return cls(**asdict(config))
+        return cls(config)
 
     # -- loading image-pretrained weights ------------------------------------------------------------------
     @torch.no_grad()

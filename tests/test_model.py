@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from model.data import ClipDataset
-from model.frame_mlp import FrameMLP
+from model.frame_mlp import FrameMLP, FrameMLPConfig
 from model.predict import MEAN, STD, SingleFrame, VideoClassifier, predict_proba, preprocess, single_frame_clip
 from model.presets import DEFAULT_PRESET, PRESETS, build_model, describe
 from model.vivit import ViViT, ViViTConfig, inflate_patch_embedding
@@ -63,13 +63,13 @@ def test_unknown_preset_lists_the_known_ones():
         build_model(DEFAULT_PRESET, num_classes=2, num_frames=16, image_size=128, depht=3)
 
 
-def test_constructors_are_keyword_only_and_check_arguments():
-    with pytest.raises(TypeError):
-        ViViT(2, 16, 128)  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        FrameMLP(2, 16, 128)  # type: ignore[misc]
-    with pytest.raises(TypeError, match="unknown ViViT arguments"):
-        ViViT(num_classes=2, num_frames=16, image_size=128, depht=3)
+def test_constructors_take_their_config_and_check_arguments():
+    with pytest.raises(TypeError, match="takes a ViViTConfig"):
+        ViViT(2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="takes a FrameMLPConfig"):
+        FrameMLP(dict(num_classes=2, num_frames=16, image_size=128))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="depht"):
+        ViViTConfig(num_classes=2, num_frames=16, image_size=128, depht=3)
     bad = [
         dict(image_size=120),  # not a multiple of the patch
         dict(num_frames=15),  # not a multiple of the tubelet
@@ -84,13 +84,13 @@ def test_constructors_are_keyword_only_and_check_arguments():
     for override in bad:
         kw = dict(num_classes=2, num_frames=16, image_size=128) | override
         with pytest.raises(ValueError):
-            ViViT(**kw)
+            ViViT(ViViTConfig(**kw))
     with pytest.raises(ValueError):
-        FrameMLP(num_classes=2, num_frames=16, image_size=128, dim=10, heads=3)
+        FrameMLP(FrameMLPConfig(num_classes=2, num_frames=16, image_size=128, dim=10, heads=3))
 
 
 def test_config_round_trip():
-    model = ViViT(num_classes=4, num_frames=8, image_size=32, variant="joint", dim=32, heads=2, depth=1)
+    model = ViViT(ViViTConfig(num_classes=4, num_frames=8, image_size=32, variant="joint", dim=32, heads=2, depth=1))
     again = ViViT.from_config(model.config)
     assert again.config == model.config
     assert isinstance(model.config, ViViTConfig)
@@ -113,8 +113,8 @@ def test_inflate_patch_embedding_is_central_frame():
 
 
 def test_model_loads_a_2d_patch_embedding():
-    model = ViViT(num_classes=2, num_frames=4, image_size=32, tubelet_size=2, patch_size=16, dim=32, heads=2, depth=1,
-                  temporal_depth=1)
+    model = ViViT(ViViTConfig(num_classes=2, num_frames=4, image_size=32, tubelet_size=2, patch_size=16, dim=32,
+                              heads=2, depth=1, temporal_depth=1))
     conv2d = torch.nn.Conv2d(3, 32, kernel_size=16, stride=16)
     model.load_patch_embedding(conv2d.weight.detach(), conv2d.bias.detach())
     x = torch.randn(1, 4, 3, 32, 32)

@@ -1,0 +1,68 @@
+"""Checkpoint files: atomic writes, the RNG states a resume restores, and loading the kept weights back.
+
+``fit`` writes ``last.pt`` (everything a resume needs) and ``best.pt`` (the kept weights and what describes them)
+through :func:`atomic_save`; both load with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.atomic import atomic_path
+from model.predict import SingleFrame
+from model.views import ViewSpec
+
+CHECKPOINT_VERSION = 2
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as tensors and plain types (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write beside the target, then rename: a crash mid-write never leaves a torn checkpoint under its name."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network stored in a ``best.pt`` (eval mode, CPU) and return it with the checkpoint's metadata
+    (classes, num_frames, image_size, view, preset, single_frame)."""
+    from model.frame_mlp import FrameMLP, FrameMLPConfig
+    from model.vivit import ViViT, ViViTConfig
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = dict(ckpt["model_config"])
+    network = ViViT(ViViTConfig(**cfg)) if "variant" in cfg else FrameMLP(FrameMLPConfig(**cfg))
+    network.load_state_dict(ckpt["model"])
+    model = SingleFrame(network) if ckpt.get("single_frame") else network
+    meta = {k: ckpt[k] for k in ("classes", "num_frames", "image_size", "preset", "single_frame", "epoch", "val_f1")}
+    meta["view"] = ViewSpec(**ckpt["view"])
+    return model.eval(), meta
