@@ -11,3 +11,19 @@ def test_library_layer_imports_neither_prefect_nor_mlflow():
             "bad = [m for m in ('prefect', 'mlflow') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=180)
+
+
+def test_only_the_tracking_package_imports_mlflow():
+    """MLflow has one home (``tasks/tracking/``): production code elsewhere reaches it through that package."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = set()
+    for path in [*root.glob("flows/**/*.py"), *root.glob("tasks/**/*.py"), *root.glob("model/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                found.add(path.relative_to(root).parent.as_posix())
+    assert found == {"tasks/tracking"}, found

@@ -1,0 +1,169 @@
+"""The model registry: versions, the champion / challenger aliases, the promotion rule, reuse of a finished run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from tasks.tracking.runs import internal_metric_name, metric_name, reap_dead_runs
+
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+# The champion is decided on the smoothed validation score that selected the epoch (model/training.py TrainState),
+# not on one epoch's raw val F1.
+SELECTION_METRIC = "best_val_score"
+
+
+@dataclass
+class Registration:
+    name: str
+    version: int
+    champion_version: int | None
+    decision: str  # promoted | kept_incumbent | first_champion
+    challenger_score: float
+    incumbent_score: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def register_and_promote(model_uri: str, name: str, run_id: str, score: float,
+                         metric: str = SELECTION_METRIC) -> Registration:
+    """New version + alias ``challenger``; ``champion`` moves only when the challenger's score is strictly higher
+    (ties keep the incumbent). The decision and both scores go onto the run."""
+    mv = mlflow.register_model(model_uri, name)
+    return promote(name, int(mv.version), run_id, score, metric)
+
+
+def run_score(metrics: dict[str, float], metric: str = SELECTION_METRIC) -> float | None:
+    """A run's champion score: ``metric`` under its grouped or flat name; for runs logged before selection was
+    smoothed, their raw best val F1 (grouped or flat)."""
+    return next((metrics[k] for k in (metric_name(metric), metric, "val/best_f1", "best_val_f1") if k in metrics), None)
+
+
+def promote(name: str, version: int, run_id: str, score: float, metric: str = SELECTION_METRIC) -> Registration:
+    """Aliases for a registered ``version``: ``challenger``, and ``champion`` when it beats the incumbent."""
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    incumbent_score: float | None = None
+    try:
+        champ = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champ = None
+    if champ is None:
+        decision, champion_version = "first_champion", version
+    else:
+        incumbent_run = client.get_run(champ.run_id) if champ.run_id else None
+        incumbent_score = run_score(incumbent_run.data.metrics if incumbent_run else {}, metric)
+        if int(champ.version) == version:
+            decision, champion_version = "kept_incumbent", version
+        elif incumbent_score is None or score > incumbent_score:
+            decision, champion_version = "promoted", version
+        else:
+            decision, champion_version = "kept_incumbent", int(champ.version)
+    if champion_version == version:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), metric, f"{score:.6f}")
+    with_run = {"registry.version": version, "registry.decision": decision,
+                "registry.champion_version": champion_version}
+    for k, v in with_run.items():
+        client.set_tag(run_id, k, str(v))
+    _register_video_model(run_id, f"{name}{VIDEO_SUFFIX}", promote=champion_version == version)
+    client.log_metric(run_id, metric_name("challenger_score"), float(score))
+    if incumbent_score is not None:
+        client.log_metric(run_id, metric_name("incumbent_score"), float(incumbent_score))
+    return Registration(name, version, champion_version, decision, float(score), incumbent_score)
+
+
+VIDEO_SUFFIX = "-video"
+
+
+def _register_video_model(run_id: str, name: str, *, promote: bool) -> int | None:
+    """The run's ``video_model`` follows its frames model: a new version with alias ``challenger``, and
+    ``champion`` exactly when the frames model became champion, so ``models:/NAME-video@champion`` is always the
+    same network as ``models:/NAME@champion``."""
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    found = mlflow.search_logged_models(experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = 'video_model'",
+                                        output_format="list")
+    if not found:
+        return None
+    client = MlflowClient()
+    version = str(mlflow.register_model(found[0].model_uri, name).version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return int(version)
+
+
+def aliases(name: str) -> dict[str, int]:
+    client = MlflowClient()
+    out = {}
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            out[alias] = int(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            pass
+    return out
+
+
+def find_reusable_run(experiment: str, train_key: str, model_name: str) -> dict[str, Any] | None:
+    """A run with the same training key whose model is registered: training again would give the same model,
+    so the pipeline reuses it (``--force-train`` overrides). Runs of every status count: a training killed right
+    after registering (its run KILLED) must not register the same model again; its aliases are completed."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    reap_dead_runs(exp.experiment_id)
+    runs = mlflow.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.train_key = '{train_key}'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+        max_results=20,
+    )
+    client = MlflowClient()
+    for run in runs:
+        if run.info.status == "RUNNING":
+            continue  # another host's live training
+        try:
+            versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run.info.run_id}'")
+        except MlflowException:
+            versions = []
+        if versions:
+            v = max(versions, key=lambda mv: int(mv.version))
+            if "registry.decision" not in run.data.tags:  # killed between registering and the aliases
+                score = run_score(run.data.metrics)
+                promote(model_name, int(v.version), run.info.run_id, float("nan") if score is None else float(score))
+            metrics = {internal_metric_name(k): m for k, m in run.data.metrics.items()}
+            return {"run_id": run.info.run_id, "version": int(v.version), "metrics": metrics}
+    return None
+
+
+def default_model_uri(model_name: str, *, explicit: bool) -> str:
+    """``models:/<model_name>@champion``. When the name only comes from the built-in default (no ``--config``) and
+    the store has no such model, the one registered model with a champion is used: ``make run`` registers
+    ``vivit-demo``, and ``vivit predict x.mp4`` right after it should just work."""
+    wanted = f"models:/{model_name}@{CHAMPION}"
+    if explicit:
+        return wanted
+    client = MlflowClient()
+    try:
+        client.get_model_version_by_alias(model_name, CHAMPION)
+        return wanted
+    except MlflowException:
+        pass
+    named = {m.name for m in client.search_registered_models() if CHAMPION in (m.aliases or {})}
+    named = sorted(n for n in named if not (n.endswith(VIDEO_SUFFIX) and n[: -len(VIDEO_SUFFIX)] in named))
+    if len(named) == 1:
+        return f"models:/{named[0]}@{CHAMPION}"
+    if not named:
+        raise LookupError(f"no registered model has a {CHAMPION!r} alias in {mlflow.get_tracking_uri()}: "
+                          "train one first (make run), or pass --model / --tracking-uri")
+    raise LookupError(f"several registered models have a {CHAMPION!r} alias ({', '.join(named)}): "
+                      "pass --model models:/NAME@champion or --config")
+
