@@ -60,7 +60,7 @@ def motion_reference(dataset_dir: Path) -> dict[str, dict[str, float]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from model.data import load_dataset
+    from model.dataset import load_dataset
     from model.views import segment_positions
 
     info = load_dataset(dataset_dir)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         run_data_stages(config)
     data_seconds = time.time() - started
     reference = motion_reference(config.dataset_dir)
-    from model.data import load_dataset
+    from model.dataset import load_dataset
 
     fingerprint = load_dataset(config.dataset_dir).fingerprint
     every = variants(config.train)

@@ -1,9 +1,7 @@
-"""The dataset the frame-sampling stage writes, read lazily for training.
+"""Training samples from the stored dataset (its format: :mod:`model.dataset`), read lazily.
 
-``<dataset_dir>/manifest.parquet`` lists one clip per row (``frames_path`` relative to the dataset dir,
-``label_index`` into ``dataset.json``'s ``classes``, ``split`` in train/val/test); each clip is a ``(T, S, S, 3)``
-uint8 ``.npy``. Clips are memory-mapped (``np.load(mmap_mode="r")``) and only the crop a sample needs is read, so
-memory does not grow with the number of clips.
+Each clip is a ``(T, S, S, 3)`` uint8 ``.npy``. Clips are memory-mapped (``np.load(mmap_mode="r")``) and only
+the crop a sample needs is read, so memory does not grow with the number of clips.
 
 Augmentation is the same for every frame of a clip (one random resized crop box and one flip decision per clip),
 because a per-frame crop would make objects jitter and fake the motion the model is meant to learn. Each sample's
@@ -12,9 +10,7 @@ resume.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,58 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from model.dataset import DatasetError
 from model.views import ViewSpec, eval_views, view_indices
-
-REQUIRED_COLUMNS = ("clip_id", "label", "label_index", "split", "frames_path")
-SPLITS = ("train", "val", "test")
-
-
-class DatasetError(ValueError):
-    """The dataset folder is missing, malformed or inconsistent with dataset.json."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    classes: list[str]
-    num_frames: int
-    image_size: int
-    fingerprint: str | None
-    manifest: pd.DataFrame
-
-    def split(self, name: str) -> pd.DataFrame:
-        return self.manifest[self.manifest["split"] == name].reset_index(drop=True)
-
-
-def load_dataset(dataset_dir: Path) -> DatasetInfo:
-    """Read and check ``manifest.parquet`` + ``dataset.json``; rows are sorted by (split, clip_id) so every
-    consumer sees one order."""
-    dataset_dir = Path(dataset_dir)
-    manifest_path, meta_path = dataset_dir / "manifest.parquet", dataset_dir / "dataset.json"
-    if not manifest_path.is_file() or not meta_path.is_file():
-        raise DatasetError(f"{dataset_dir} has no manifest.parquet + dataset.json (run the frames stage first)")
-    meta = json.loads(meta_path.read_text())
-    for key in ("classes", "num_frames", "size"):
-        if key not in meta:
-            raise DatasetError(f"{meta_path} lacks {key!r}")
-    classes = [str(c) for c in meta["classes"]]
-    if len(classes) < 2:
-        raise DatasetError(f"{meta_path}: need at least two classes, got {classes}")
-    df = pd.read_parquet(manifest_path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise DatasetError(f"{manifest_path} lacks columns {missing}")
-    bad_split = sorted(set(df["split"]) - set(SPLITS))
-    if bad_split:
-        raise DatasetError(f"{manifest_path}: unknown splits {bad_split}")
-    idx = df["label_index"].astype(int)
-    if len(df) and (idx.min() < 0 or idx.max() >= len(classes)):
-        raise DatasetError(f"{manifest_path}: label_index outside [0, {len(classes)})")
-    mismatch = df[[classes[i] != lab for i, lab in zip(idx, df["label"])]]
-    if len(mismatch):
-        raise DatasetError(f"{manifest_path}: label and label_index disagree for clip {mismatch['clip_id'].iloc[0]!r}")
-    df = df.assign(label_index=idx).sort_values(["split", "clip_id"], kind="mergesort").reset_index(drop=True)
-    return DatasetInfo(classes=classes, num_frames=int(meta["num_frames"]), image_size=int(meta["size"]),
-                       fingerprint=meta.get("fingerprint"), manifest=df)
 
 
 def random_resized_crop_box(

@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
-import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,25 +51,19 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from model import distributed as ddp
-from model.data import (
-    ClipDataset,
-    DatasetError,
-    DatasetInfo,
-    balanced_class_weights,
-    balanced_sample_weights,
-    load_dataset,
-)
+from model.data import ClipDataset, balanced_class_weights, balanced_sample_weights
+from model.dataset import DatasetError, DatasetInfo, load_dataset
+from model.checkpoint import CHECKPOINT_VERSION, atomic_save, load_best, plain_state, rng_state, set_rng_state
+from model.evaluation import autocast, evaluate, predict_probabilities, prediction_table
 from model.metrics import classification_report, label_slug
+from model.optim import make_optimizer, param_groups, warmup_cosine
 from model.options import TrainOptions, stable_hash
 from model.precision import autocast_dtype
-from model.predict import SingleFrame, preprocess, view_probabilities
+from model.predict import SingleFrame, preprocess
 from model.presets import build_model, get_config
 from model.views import ViewSpec
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_VERSION = 2
-
 
 @dataclass
 class TrainResult:
@@ -126,73 +118,6 @@ def _epoch_seed(seed: int, epoch: int, salt: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, salt]).generate_state(1, dtype=np.uint64)[0] % 2**63)
 
 
-def rng_state() -> dict[str, Any]:
-    """All RNG states as tensors and plain types (loadable with ``weights_only=True``)."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])),
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices and kernels only; not on biases, norms, position embeddings and CLS tokens."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(groups: list[dict[str, Any]], *, lr: float) -> torch.optim.Optimizer:
-    """AdamW, fused (one kernel for all parameters) where torch supports it: on 2 CPU cores the per-tensor
-    implementation measured 3-5x slower per step, and up to 100x slower when other processes share the cores."""
-    try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=lr)
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """LR multiplier per optimiser step: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write beside the target, then rename: a crash mid-write never leaves a torn checkpoint under its name."""
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
 def _flat_metrics(prefix: str, report: dict[str, Any], classes: list[str]) -> dict[str, float]:
     out = {f"{prefix}_loss": report["loss"], f"{prefix}_accuracy": report["accuracy"], f"{prefix}_f1": report["f1"]}
     if report.get("auc") is not None:
@@ -216,54 +141,6 @@ def _call(callback: Any, method: str, *args: Any) -> None:
 
 
 # -- one pass ----------------------------------------------------------------------------------------------------
-def _autocast(device: torch.device, dtype: torch.dtype | None = None):
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-def evaluate(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str],
-             view: ViewSpec, amp: torch.dtype | None = None) -> dict[str, Any]:
-    """The classification report for every clip of ``loader`` (evaluation views averaged, no augmentation), with
-    the plain (unweighted, unsmoothed) cross-entropy of the averaged probabilities as ``loss``."""
-    labels, probs, loss = _predict(forward, loader, device, classes, view, amp)
-    return classification_report(labels, probs, classes, loss=loss)
-
-
-@torch.inference_mode()
-def _predict(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str], view: ViewSpec,
-             amp: torch.dtype | None = None):
-    """``(labels (N,), probabilities (N, K), mean cross-entropy or None)`` in the loader's order."""
-    forward.eval()
-    probs, labels, loss_sum = [], [], 0.0
-    for views, y in loader:  # views: (B, V, frames_per_view, S, S, 3) uint8
-        y = y.to(device)
-        with _autocast(device, amp):
-            p = view_probabilities(forward, views.to(device, non_blocking=True), view).float()
-        loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
-        probs.append(p.cpu())
-        labels.append(y.cpu())
-    n = sum(len(y) for y in labels)
-    p = torch.cat(probs).numpy() if probs else np.zeros((0, len(classes)))
-    t = torch.cat(labels).numpy() if labels else np.zeros(0, np.int64)
-    return t, p, loss_sum / n if n else None
-
-
-def prediction_table(rows: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """One row per clip: ``clip_id``, ``label``, ``predicted``, ``correct``, ``p_<class>`` for every class, and
-    for two classes ``p_positive`` (the probability of ``classes[1]``, the positive class), so that a user can
-    re-threshold or find the clips the model gets wrong."""
-    predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
-    table = pd.DataFrame({
-        "clip_id": rows["clip_id"].to_numpy(), "label": rows["label"].to_numpy(),
-        "predicted": [classes[i] for i in predicted],
-    })
-    table["correct"] = table["label"] == table["predicted"]
-    for k, c in enumerate(classes):
-        table[f"p_{c}"] = probs[:, k].astype(float)
-    if len(classes) == 2:
-        table["p_positive"] = probs[:, 1].astype(float)
-    return table
-
-
 # -- the run: what fit() sets up once ------------------------------------------------------------------------------
 @dataclass
 class _Run:
@@ -343,8 +220,14 @@ class TrainState:
         return True
 
 
-def _setup(dataset_dir: Path, opts: TrainOptions, seed: int, work_dir: Path, notes: list[str]) -> _Run:
-    info = load_dataset(Path(dataset_dir))
+def _dataset_info(dataset: Path | str | DatasetInfo) -> DatasetInfo:
+    """A caller that has read the dataset already (the train task) passes its :class:`DatasetInfo`: read once."""
+    return dataset if isinstance(dataset, DatasetInfo) else load_dataset(Path(dataset))
+
+
+def _setup(dataset: Path | DatasetInfo, opts: TrainOptions, seed: int, work_dir: Path, notes: list[str]) -> _Run:
+    info = _dataset_info(dataset)
+    dataset_dir = info.path
     k = len(info.classes)
     train_rows = info.split("train")
     if len(train_rows) == 0:
@@ -443,7 +326,7 @@ def _restore(run: _Run) -> TrainState:
 def _save_best(run: _Run, state: TrainState) -> None:
     if not run.ranks.main:
         return
-    _atomic_save({"model": _plain_state(run.network), "epoch": state.best_epoch, "val_f1": state.best_val_f1,
+    atomic_save({"model": plain_state(run.network), "epoch": state.best_epoch, "val_f1": state.best_val_f1,
                   "val_score": state.best_score, "preset": run.opts.model, "model_config": asdict(run.network.config),
                   "classes": run.classes, "num_frames": run.info.num_frames, "image_size": run.info.image_size,
                   "view": asdict(run.view), "single_frame": run.opts.single_frame, "fingerprint": run.fingerprint},
@@ -453,7 +336,7 @@ def _save_best(run: _Run, state: TrainState) -> None:
 def _save_last(run: _Run, state: TrainState) -> None:
     if not run.ranks.main:
         return
-    _atomic_save({"version": CHECKPOINT_VERSION, "fingerprint": run.fingerprint, "model": _plain_state(run.model),
+    atomic_save({"version": CHECKPOINT_VERSION, "fingerprint": run.fingerprint, "model": plain_state(run.model),
                   "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                   "rng": rng_state(), "state": asdict(state), "options": run.opts.model_dump(mode="json")},
                  run.last_path)
@@ -472,7 +355,7 @@ def _train_epoch(run: _Run) -> dict[str, Any]:
         sampler = ddp.GlobalOrderSampler(sampler, run.ranks)
     for frames, y in DataLoader(run.train_ds, sampler=sampler, **run.loader_kw):
         y = y.to(device)
-        with _autocast(device, run.amp):
+        with autocast(device, run.amp):
             logits = forward(preprocess(frames.to(device, non_blocking=True), run.view)).float()
         loss = run.criterion(logits, y)
         run.optimizer.zero_grad(set_to_none=True)
@@ -529,16 +412,17 @@ def _epoch(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
 
 
 # -- fit ---------------------------------------------------------------------------------------------------------
-def fit(dataset_dir: Path, options: TrainOptions, *, seed: int = 0, work_dir: Path,
+def fit(dataset: Path | DatasetInfo, options: TrainOptions, *, seed: int = 0, work_dir: Path,
         callback: TrainCallback | None = None) -> TrainResult:
-    """Train ``options.model`` on ``<dataset_dir>`` (split ``train``), select on the smoothed ``val`` macro F1,
+    """Train ``options.model`` on ``dataset`` (its folder, or the :class:`DatasetInfo` a caller has read; split
+    ``train``), select on the smoothed ``val`` macro F1,
     evaluate the best weights on ``test``; checkpoints under ``work_dir``. See the module docstring.
     With ``processes > 1`` it launches torchrun and returns what rank 0 trained; inside torchrun it returns None
     (the launcher evaluates)."""
     if options.processes > 1 and not ddp.in_torchrun():
-        return ddp.launch(dataset_dir, options, seed=seed, work_dir=work_dir, callback=callback)
+        return ddp.launch(_dataset_info(dataset).path, options, seed=seed, work_dir=work_dir, callback=callback)
     notes: list[str] = []
-    run = _setup(Path(dataset_dir), options, seed, Path(work_dir), notes)
+    run = _setup(dataset, options, seed, Path(work_dir), notes)
     state = _restore(run)
     resumed_from = state.epoch
     if resumed_from:
@@ -561,13 +445,13 @@ def fit(dataset_dir: Path, options: TrainOptions, *, seed: int = 0, work_dir: Pa
     return result
 
 
-def collect(dataset_dir: Path, options: TrainOptions, *, seed: int = 0, work_dir: Path,
+def collect(dataset: Path | DatasetInfo, options: TrainOptions, *, seed: int = 0, work_dir: Path,
             callback: TrainCallback | None = None) -> TrainResult:
     """The result of a run whose epochs other processes trained (torchrun ranks): ``last.pt``'s history and
     ``best.pt`` evaluated once, here."""
     notes: list[str] = []
     single = options.model_copy(update={"processes": 1, "resume": True})
-    run = _setup(Path(dataset_dir), single, seed, Path(work_dir), notes)
+    run = _setup(dataset, single, seed, Path(work_dir), notes)
     state = _restore(run)
     if state.epoch == 0:
         raise RuntimeError(f"{run.last_path} holds no finished epoch of this run")
@@ -585,7 +469,7 @@ def _final_evaluation(run: _Run, state: TrainState, notes: list[str], resumed_fr
                    if run.has_val else {})
     test_rows = run.info.split("test")
     if len(test_rows):
-        labels, probs, loss = _predict(run.forward, run.eval_loaders["test"], run.device, run.classes, run.view,
+        labels, probs, loss = predict_probabilities(run.forward, run.eval_loaders["test"], run.device, run.classes, run.view,
                                        run.amp)
         test_metrics = classification_report(labels, probs, run.classes, loss=loss)
     else:
@@ -601,23 +485,6 @@ def _final_evaluation(run: _Run, state: TrainState, notes: list[str], resumed_fr
         checkpoint_path=run.best_path, test_predictions=prediction_table(test_rows, probs, run.classes),
         single_frame=run.opts.single_frame, resumed_from_epoch=int(resumed_from), notes=notes,
     )
-
-
-def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network stored in a ``best.pt`` (eval mode, CPU) and return it with the checkpoint's metadata
-    (classes, num_frames, image_size, view, preset, single_frame)."""
-    from model.frame_mlp import FrameMLP
-    from model.vivit import ViViT
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = dict(ckpt["model_config"])
-    cls = ViViT if "variant" in cfg else FrameMLP
-    network = cls(**cfg)
-    network.load_state_dict(ckpt["model"])
-    model = SingleFrame(network) if ckpt.get("single_frame") else network
-    meta = {k: ckpt[k] for k in ("classes", "num_frames", "image_size", "preset", "single_frame", "epoch", "val_f1")}
-    meta["view"] = ViewSpec(**ckpt["view"])
-    return model.eval(), meta
 
 
 __all__ = ["TrainOptions", "TrainResult", "TrainCallback", "TrainState", "fit", "collect", "evaluate", "prediction_table",

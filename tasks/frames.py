@@ -9,7 +9,6 @@ new sampler version) redoes all.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from model import dataset as dataset_format
+from model.atomic import atomic_write_text
 from tasks.lib import filtering, reports, sampling
 from tasks.lib.config import PipelineConfig, normalise_split
-from tasks.lib.paths import UnsafePathError, atomic_path, atomic_write_text, label_slug, safe_join
+from tasks.lib.paths import UnsafePathError, label_slug, safe_join
+from tasks.lib.results import StageResult
 from tasks.lib.splits import SplitClip, assign_splits
 
 FRAMES_REPORT_COLUMNS = ["clip_id", "label", "source_path", "status", "reason", "message", "frames_path"]
@@ -65,25 +66,6 @@ def decoder_threads(workers: int) -> int:
     return max(1, cpus // max(1, workers))
 
 
-def _previous_manifest(dataset_dir: Path) -> dict[str, dict[str, Any]]:
-    p = dataset_dir / "manifest.parquet"
-    if not p.is_file():
-        return {}
-    try:
-        df = pd.read_parquet(p)
-    except Exception:  # noqa: BLE001 - a damaged manifest only costs digests being recomputed
-        return {}
-    return {str(r["frames_path"]): r for r in df.to_dict("records")}
-
-
-def _previous_params(dataset_dir: Path) -> dict[str, Any] | None:
-    p = dataset_dir / "dataset.json"
-    try:
-        return json.loads(p.read_text()).get("params")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def _result(job: ClipJob, status: str, *, reason: str = "", message: str = "", **kw: Any) -> dict[str, Any]:
     return {"clip_id": job.clip_id, "label": job.label, "source_path": job.source_rel, "frames_path": job.frames_rel,
             "status": status, "reason": reason, "message": message, "meta": job.meta, **kw}
@@ -96,9 +78,9 @@ def plan_frames(config: PipelineConfig) -> FramesPlan:
     if not report.is_file():
         raise FilterReportMissing(f"no {report}: run `vivit filter --config ...` first")
     params = sampling.sampling_params(config.frames.num_frames, config.frames.size)
-    previous = _previous_params(config.dataset_dir)
+    previous = dataset_format.previous_params(config.dataset_dir)
     changed = previous is not None and previous != params
-    prev_rows = {} if changed else _previous_manifest(config.dataset_dir)
+    prev_rows = {} if changed else dataset_format.previous_rows(config.dataset_dir)
     shape = (config.frames.num_frames, config.frames.size, config.frames.size, 3)
     plan = FramesPlan([], [], [], params, changed)
     if changed:
@@ -110,7 +92,7 @@ def plan_frames(config: PipelineConfig) -> FramesPlan:
         clip_id = row.get("clip_id") or Path(row["path"]).stem
         try:
             slug = label_slug(row["label"])
-            frames_rel = sampling.frames_relpath(slug, clip_id)
+            frames_rel = dataset_format.frames_relpath(slug, clip_id)
             dest = safe_join(config.dataset_dir, frames_rel)
             source = safe_join(config.data_dir, row["path"])
         except UnsafePathError as e:
@@ -223,21 +205,11 @@ def write_dataset(config: PipelineConfig, plan: FramesPlan, results: list[dict[s
             "source_height": int(info["height"]), "frames_sha256": r["digest"],
             "frames_mtime_ns": (dataset_dir / r["frames_path"]).stat().st_mtime_ns,
         })
-    df = pd.DataFrame(rows, columns=sampling.MANIFEST_COLUMNS)
-    manifest = dataset_dir / "manifest.parquet"
-    with atomic_path(manifest) as tmp:
-        df.to_parquet(tmp, index=False)
-    fingerprint = sampling.dataset_fingerprint(rows, plan.params, config.classes)
-    per_class_split = {c: {s: 0 for s in ("train", "val", "test")} for c in config.classes}
-    for r in rows:
-        per_class_split[r["label"]][r["split"]] += 1
-    meta = {
-        "classes": list(config.classes), "num_frames": config.frames.num_frames, "size": config.frames.size,
-        "sampling": sampling.SAMPLING_METHOD, "fingerprint": fingerprint, "params": plan.params,
-        "split_mode": config.frames.split_mode, "split_fractions": [fr.train, fr.val, fr.test], "seed": config.seed,
-        "clips": len(rows), "counts": per_class_split,
-    }
-    dataset_json = atomic_write_text(dataset_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    manifest, dataset_json, fingerprint = dataset_format.write_dataset_files(
+        dataset_dir, rows, classes=config.classes, num_frames=config.frames.num_frames, image_size=config.frames.size,
+        params=plan.params, sampling=sampling.SAMPLING_METHOD, split_mode=config.frames.split_mode,
+        split_fractions=[fr.train, fr.val, fr.test], seed=config.seed)
+    per_class_split = dataset_format.split_counts(rows, config.classes)
     report = atomic_write_text(
         config.reports_dir / "frames.csv",
         reports.report_csv(sorted(everything, key=lambda r: (r["label"], r["clip_id"])), FRAMES_REPORT_COLUMNS),
@@ -260,3 +232,35 @@ def prune_frames(dataset_dir: Path, keep: set[str]) -> list[str]:
             removed.append(p.relative_to(dataset_dir).as_posix())
     filtering.remove_empty_dirs(frames_dir)
     return removed
+
+
+def frames_summary(config: PipelineConfig, plan: FramesPlan, results: list[dict[str, Any]],
+                   ds: DatasetSummary) -> StageResult:
+    """The stage's counts and one-line message; failed when the dataset would be unusable (fewer than two classes
+    with clips, or no training clip)."""
+    failures: dict[str, int] = {}
+    for r in results + plan.failed:
+        if r["status"] == "failed":
+            failures[r["reason"]] = failures.get(r["reason"], 0) + 1
+    splits = {s: sum(v[s] for v in ds.per_class_split.values()) for s in ("train", "val", "test")}
+    counts = {"clips": len(ds.rows), "sampled": sum(r["status"] == "sampled" for r in results),
+              "already_done": len(plan.done), "failed": sum(failures.values()), **splits,
+              **{f"failed_{k}": v for k, v in sorted(failures.items(), key=lambda kv: -kv[1])},
+              **({"removed_stale": len(ds.removed)} if ds.removed else {})}
+    outputs = [str(ds.manifest), str(ds.dataset_json), str(ds.report)]
+    by_class = ", ".join(f"{c!r}: {sum(v.values())}" for c, v in ds.per_class_split.items())
+    message = (f"{len(ds.rows)} clips in the dataset ({by_class}); train/val/test = "
+               f"{splits['train']}/{splits['val']}/{splits['test']}; {counts['sampled']} sampled now, "
+               f"{counts['already_done']} already done")
+    if failures:
+        message += "; could not sample: " + ", ".join(f"{v} {k}" for k, v in failures.items())
+    if ds.warnings:
+        message += "\n   warning: " + "\n   warning: ".join(ds.warnings)
+    usable = [c for c, v in ds.per_class_split.items() if sum(v.values())]
+    if len(usable) < 2:
+        message, failed = f"fewer than two classes have sampled clips ({by_class}): {message}", True
+    elif splits["train"] == 0:
+        message, failed = f"no training clips: {message}", True
+    else:
+        failed = False
+    return StageResult(stage="frames", counts=counts, outputs=outputs, message=message, failed=failed)

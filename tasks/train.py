@@ -3,48 +3,44 @@ MLflow, register the model and move the aliases. No retries here: a failed train
 flaky IO to try again."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, runtime, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from model.atomic import atomic_write_text
+from model.dataset import DatasetError, DatasetInfo, load_dataset
 from model.options import stable_hash
 from tasks import tracking
 from tasks.lib import plots
 from tasks.lib.config import PipelineConfig
-from tasks.lib.paths import atomic_write_text
 
 
 class DatasetMissingError(FileNotFoundError):
-    """The frames stage has not produced a dataset yet."""
+    """The frames stage has not produced a (usable) dataset yet."""
 
 
-@task(name="read-dataset-info")
-def read_dataset_info(dataset_dir: Path) -> dict[str, Any]:
-    import pandas as pd
-
-    manifest, meta = dataset_dir / "manifest.parquet", dataset_dir / "dataset.json"
-    if not manifest.is_file() or not meta.is_file():
-        raise DatasetMissingError(
-            f"no dataset in {dataset_dir} (manifest.parquet + dataset.json): run `vivit frames --config ...` first"
-        )
-    info = json.loads(meta.read_text())
-    df = pd.read_parquet(manifest)
-    info["split_counts"] = {s: int(n) for s, n in df["split"].value_counts().items()}
-    info["class_counts"] = {c: int(n) for c, n in df["label"].value_counts().items()}
-    if info["split_counts"].get("train", 0) == 0:
+@task(name="read-dataset-info", cache_policy=NO_CACHE)
+def read_dataset_info(dataset_dir: Path) -> DatasetInfo:
+    """The stored dataset, read and checked once for the whole stage: the key, the logged inputs, ``fit`` and the
+    packaged model all use this one reading."""
+    try:
+        info = load_dataset(dataset_dir)
+    except DatasetError as e:
+        raise DatasetMissingError(str(e)) from None
+    if info.split_counts.get("train", 0) == 0:
         raise DatasetMissingError(f"the dataset in {dataset_dir} has no training clips")
     return info
 
 
-def train_key(config: PipelineConfig, dataset_info: dict[str, Any]) -> str:
+def train_key(config: PipelineConfig, dataset_info: DatasetInfo) -> str:
     """What determines the trained model: the dataset's content fingerprint, the training options and the seed.
     The same key means training again would reproduce the registered model."""
-    return stable_hash({"dataset": dataset_info.get("fingerprint"), "train": config.train.determining(),
+    return stable_hash({"dataset": dataset_info.fingerprint, "train": config.train.determining(),
                         "seed": config.seed})
 
 
@@ -123,13 +119,13 @@ def _view_dict(view: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(view).items()}
 
 
-def _log_inputs(config: PipelineConfig, dataset_info: dict[str, Any]) -> None:
+def _log_inputs(config: PipelineConfig, dataset_info: DatasetInfo) -> None:
     """What determines the model (what train_key hashes) as params; the whole config as config.yaml; the manifest
     as the run's dataset."""
     from model.presets import describe
 
     view = config.train.view
-    size = int(dataset_info["size"])
+    size = dataset_info.image_size
     cost = describe(config.train.model, num_frames=view.num_frames, image_size=size, in_channels=view.channels)
     tracking.log_params({
         "train": config.train.determining(),
@@ -137,14 +133,14 @@ def _log_inputs(config: PipelineConfig, dataset_info: dict[str, Any]) -> None:
         "preset": config.train.model,
         "preset_params": cost.get("params"),
         "preset_gflops_per_clip": cost.get("gflops"),
-        "dataset_fingerprint": dataset_info.get("fingerprint"),
-        "classes": list(dataset_info["classes"]),
-        "sampling": {"num_frames": int(dataset_info["num_frames"]), "size": size, "method": dataset_info.get("sampling")},
+        "dataset_fingerprint": dataset_info.fingerprint,
+        "classes": list(dataset_info.classes),
+        "sampling": {"num_frames": dataset_info.num_frames, "size": size, "method": dataset_info.meta.get("sampling")},
         "view": _view_dict(view),
-        "split_counts": dataset_info.get("split_counts"),
+        "split_counts": dataset_info.split_counts,
     })
     tracking.log_config(config)
-    tracking.log_dataset(config.dataset_dir / "manifest.parquet", str(dataset_info.get("fingerprint")), "kinetics-frames")
+    tracking.log_dataset(dataset_info, "kinetics-frames")
 
 
 def _final_metrics(result: Any, started: float) -> dict[str, float]:
@@ -179,14 +175,14 @@ def _log_report(result: Any, classes: list[str], out: Path) -> None:
     tracking.log_dict(report, "report/classification_report.json")
 
 
-def _package(result: Any, config: PipelineConfig, dataset_info: dict[str, Any], key: str) -> str:
+def _package(result: Any, config: PipelineConfig, dataset_info: DatasetInfo, key: str) -> str:
     """Log the classifier (with the trained view: a pretrained start brings its checkpoint's mean/std); its URI."""
     from model.predict import VideoClassifier
 
-    classes = list(dataset_info["classes"])
-    num_frames, size = int(dataset_info["num_frames"]), int(dataset_info["size"])
+    classes = list(dataset_info.classes)
+    num_frames, size = dataset_info.num_frames, dataset_info.image_size
     metadata = {"classes": classes, "num_frames": num_frames, "image_size": size, "preset": config.train.model,
-                "sampling": dataset_info.get("sampling", "uniform segment centres"), "train_key": key,
+                "sampling": dataset_info.meta.get("sampling", "uniform segment centres"), "train_key": key,
                 "view": _view_dict(result.view)}
     classifier = VideoClassifier(result.model, classes=classes, num_frames=num_frames, image_size=size, view=result.view)
     return tracking.log_classifier(classifier, metadata=metadata)
@@ -205,8 +201,8 @@ def _summary_artifacts(config: PipelineConfig, final: dict[str, float], reg: Any
                               description=f"misclassified test clips ({len(wrong)} shown, most confident first)")
 
 
-@task(name="train-and-register")
-def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key: str) -> dict[str, Any]:
+@task(name="train-and-register", cache_policy=NO_CACHE)
+def train_and_register(config: PipelineConfig, dataset_info: DatasetInfo, key: str) -> dict[str, Any]:
     """One MLflow run: inputs logged, ``fit`` reporting every epoch through the callback, then the report, the
     packaged classifier and its registration (the champion moves on the smoothed val score)."""
     from model.training import fit
@@ -219,14 +215,14 @@ def train_and_register(config: PipelineConfig, dataset_info: dict[str, Any], key
         "prefect.flow_run_id": str(runtime.flow_run.id or ""),
         "prefect.flow_run_name": str(runtime.flow_run.name or ""),
         "preset": config.train.model,
-        "dataset.fingerprint": str(dataset_info.get("fingerprint")),
+        "dataset.fingerprint": str(dataset_info.fingerprint),
     }
-    classes = list(dataset_info["classes"])
+    classes = list(dataset_info.classes)
     started = time.time()
     with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}", tags) as run_id:
         _log_inputs(config, dataset_info)
         callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(config.train.epochs))
-        result = fit(config.dataset_dir, config.train, seed=config.seed, work_dir=work_dir, callback=callback)
+        result = fit(dataset_info, config.train, seed=config.seed, work_dir=work_dir, callback=callback)
         final = _final_metrics(result, started)
         tracking.log_metrics(final)
         # the network actually trained (a pretrained start is the checkpoint's architecture, not the preset's)

@@ -134,7 +134,7 @@ def test_filter_then_frames_and_re_runs(tmp_path, prefect_harness):
 
     # -- the dataset folder can be moved --------------------------------------------------------------------------
     moved_ds = shutil.copytree(ds, tmp_path / "elsewhere")
-    from model.data import load_dataset
+    from model.dataset import load_dataset
 
     info = load_dataset(moved_ds)
     assert info.classes == CLASSES and len(info.manifest) == 11

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from tasks.lib.paths import UnsafePathError, atomic_path, check_youtube_id, clip_stem, is_partial, label_slug, safe_join
+from model.atomic import atomic_path
+from tasks.lib.paths import UnsafePathError, check_youtube_id, clip_stem, is_partial, label_slug, safe_join
 
 
 @pytest.mark.parametrize("label, slug", [("dribbling basketball", "dribbling_basketball"), ("  Tai Chi!  ", "tai_chi"),

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from model.data import balanced_class_weights, balanced_sample_weights, load_dataset
+from model.data import balanced_class_weights, balanced_sample_weights
+from model.dataset import load_dataset
 from model.predict import SingleFrame, VideoClassifier, predict_proba
 from model.training import TrainOptions, TrainResult, fit, load_best
 from model.views import ViewSpec
@@ -231,7 +232,8 @@ def test_compile_option_trains_and_reports_what_the_plain_network_computes(tmp_p
     writes belong to the same function: the plain network rebuilt from best.pt gives the reported val metrics."""
     from torch.utils.data import DataLoader
 
-    from model.data import ClipDataset, load_dataset
+    from model.data import ClipDataset
+    from model.dataset import load_dataset
     from model.training import evaluate
 
     root = noise_dataset(tmp_path / "ds", counts={"train": [6, 3], "val": [3, 3], "test": [2, 2]}, num_frames=4, size=32)

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from model.atomic import atomic_write_text
 from .reports import read_csv_rows, write_report
-from .paths import atomic_write_text, is_partial, label_slug, safe_join
+from .paths import is_partial, label_slug, safe_join
 from .sampling import (
     DECODER_FAILURES,
     DecodeStats,

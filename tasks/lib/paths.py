@@ -1,16 +1,13 @@
-"""Safe file names for untrusted labels and ids, and atomic writes.
+"""Safe file names for untrusted labels and ids; leftovers of atomic writes (written by :mod:`model.atomic`).
 
 Labels and YouTube ids come from CSV files we do not control, so nothing derived from them may
 escape ``data_dir``; and a crash must never leave a half-written file under its final name.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
@@ -57,17 +54,6 @@ def safe_join(root: str | os.PathLike, *parts: str) -> Path:
 _OWNER_RE = re.compile(r"\.part-(\d+)-[0-9a-f]{8}")
 
 
-def partial_prefix(final: Path) -> str:
-    """``.<stem>.part-<pid>-<hex8>``: hidden, unique, and naming the process that writes it."""
-    return f".{final.stem}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def tmp_name(final: Path) -> Path:
-    """A hidden sibling of ``final`` (same filesystem, so rename is atomic) that keeps the suffix for tools like
-    ffmpeg and carries the writer's pid (see :func:`partial_owner_alive`)."""
-    return final.with_name(f"{partial_prefix(final)}{final.suffix}")
-
-
 def partial_owner_alive(path: Path) -> bool:
     """Whether the process that writes the temporary file ``path`` may still be at work: its pid (in the name)
     runs on this host. A name without a pid predates this scheme (every writer since names itself, and holds the
@@ -85,26 +71,6 @@ def partial_owner_alive(path: Path) -> bool:
     except PermissionError:
         return True
     return True
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path; on success rename it onto ``final``, on any error remove it."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(final)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def atomic_write_text(final: str | os.PathLike, text: str) -> Path:
-    with atomic_path(final) as tmp:
-        tmp.write_text(text)
-    return Path(final)
 
 
 def is_partial(path: Path) -> bool:

@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from model.atomic import atomic_path
 from .filtering import VIDEO_SUFFIXES, check_video
-from .paths import atomic_path, is_partial
+from .paths import is_partial
 from .sampling import (
     DECODER_FAILURES,
     DecodeStats,

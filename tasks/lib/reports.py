@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .paths import atomic_write_text
+from model.atomic import atomic_write_text
 
 
 def report_csv(rows: Iterable[dict[str, Any]], columns: list[str]) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -38,9 +37,7 @@ import av
 import av.video.reformatter
 import numpy as np
 
-from model.options import stable_hash
-
-from .paths import atomic_path
+from model.atomic import atomic_path
 
 SAMPLING_METHOD = (
     "uniform: centre frame of each of N equal segments of the decoded frames (PyAV sequential decode, "
@@ -405,26 +402,15 @@ def sample_clip(path: str | os.PathLike, num_frames: int, size: int, *, threads:
     return sample_clip_info(path, num_frames, size, threads=threads)[0]
 
 
-# -- the dataset layout the frames stage writes (contract in README: "Dataset layout") ----------------------------
+# -- what the sampler's output depends on (the stored layout itself: model/dataset.py) -------------------------------
 # Bump when the sampler's output for the same clip and parameters changes (filter, crop or index policy), so that
 # existing .npy files are not mixed with new ones: a different version in dataset.json redoes every clip.
 SAMPLER_VERSION = 1
-
-MANIFEST_COLUMNS = [
-    "clip_id", "label", "label_index", "split", "frames_path", "num_frames", "source_path", "fps", "duration",
-    "height", "width", "youtube_id", "time_start", "time_end", "official_split", "source_frames", "source_width",
-    "source_height", "frames_sha256", "frames_mtime_ns",
-]
 
 
 def sampling_params(num_frames: int, size: int) -> dict[str, int]:
     """What determines every .npy's content besides its source file; stored in dataset.json and compared."""
     return {"num_frames": int(num_frames), "size": int(size), "sampler_version": SAMPLER_VERSION}
-
-
-def frames_relpath(label_slug: str, clip_id: str) -> str:
-    """``frames/<label_slug>/<clip_id>.npy``, relative to the dataset folder (so the folder can be moved)."""
-    return f"frames/{label_slug}/{clip_id}.npy"
 
 
 def array_digest(frames: np.ndarray) -> str:
@@ -450,11 +436,3 @@ def save_npy(path: str | os.PathLike, frames: np.ndarray) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(frames, dtype=np.uint8))
     return Path(path)
-
-
-def dataset_fingerprint(manifest_rows: list[dict], params: dict, classes: list[str]) -> str:
-    """Hash of what a model trained on the dataset depends on: the manifest's content (including every clip's
-    pixel digest, split and label) and the sampling parameters. Row order does not matter."""
-    keys = ["clip_id", "label", "label_index", "split", "frames_path", "num_frames", "frames_sha256"]
-    rows = sorted((tuple(str(r.get(k, "")) for k in keys) for r in manifest_rows))
-    return stable_hash({"params": params, "classes": list(classes), "rows": rows})

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from model.atomic import partial_prefix
 from tasks.lib.annotations import Clip
 from tasks.lib.config import DownloadConfig
 from tasks.lib.procs import die_with_parent_kwargs
 from tasks.lib.media import ProbeError, ffmpeg_command, probe
-from tasks.lib.paths import UnsafePathError, clip_stem, label_slug, partial_prefix, safe_join
+from tasks.lib.paths import UnsafePathError, clip_stem, label_slug, safe_join
 from tasks.lib.download.errors import (
     DownloadFailure,
     CannotSection,
