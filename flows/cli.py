@@ -14,9 +14,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import flows  # noqa: F401  -- sets the embedded Prefect defaults before prefect is imported
+
+if TYPE_CHECKING:
+    from tasks.lib.results import StageResult
 
 EXIT_OK, EXIT_STAGE_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -88,21 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def print_summary(s: dict[str, Any]) -> None:
-    status = "FAILED" if s.get("failed") else "ok"
-    print(f"\n== {s['stage']}: {status}")
-    if s.get("message"):
-        print(f"   {s['message']}")
-    counts = s.get("counts") or {}
-    if counts:
-        width = max(len(k) for k in counts)
-        for k, v in counts.items():
+def print_summary(s: StageResult) -> None:
+    print(f"\n== {s.stage}: {'FAILED' if s.failed else 'ok'}")
+    if s.message:
+        print(f"   {s.message}")
+    if s.counts:
+        width = max(len(k) for k in s.counts)
+        for k, v in s.counts.items():
             print(f"   {k:<{width}}  {v}")
-    for out in s.get("outputs") or []:
+    for out in s.outputs:
         print(f"   wrote {out}")
 
 
-def _run_stage(name: str, cfg, args) -> list[dict]:
+def _run_stage(name: str, cfg, args) -> list[StageResult]:
     """The stage's (or pipeline's) summaries; a failed stage raises StageFailed carrying them."""
     if name == "run":
         from flows.pipeline import pipeline_flow, select_stages
@@ -119,13 +120,13 @@ def _run_stage(name: str, cfg, args) -> list[dict]:
     return [STAGES[name](cfg)]
 
 
-def _next_steps(cfg, summaries: list[dict]) -> None:
-    train = next((s for s in summaries if s["stage"] == "train" and not s.get("failed")), None)
+def _next_steps(cfg, summaries: list[StageResult]) -> None:
+    train = next((s for s in summaries if s.stage == "train" and not s.failed), None)
     if not train:
         return
     from tasks import tracking
 
-    uri = train["result"]["tracking_uri"]
+    uri = train.result["tracking_uri"]
     tracking.use_store(cfg.mlflow.model_copy(update={"tracking_uri": uri}))
     exp_id = tracking.experiment_id(cfg.mlflow.experiment)
     page = tracking.experiment_url("http://127.0.0.1:5000", exp_id) if exp_id else "http://127.0.0.1:5000"

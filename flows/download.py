@@ -16,6 +16,7 @@ from tasks.lib.annotations import AnnotationError
 from tasks.lib.config import PipelineConfig
 from tasks.lib.errors import StageFailed, failed_summary
 from tasks.lib.locks import data_dir_lock
+from tasks.lib.results import StageResult
 from tasks.download import clean_partials_task, download_clip_task, select_clips_task, write_report_task
 
 
@@ -25,13 +26,13 @@ def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[st
 
 
 @flow(name="download")
-def download_flow(config: PipelineConfig) -> dict:
+def download_flow(config: PipelineConfig) -> StageResult:
     """Raises StageFailed (the flow run ends Failed) when nothing is usable; the summary travels with it."""
     with data_dir_lock(config.data_dir, "download"):
         return _download(config)
 
 
-def _download(config: PipelineConfig) -> dict:
+def _download(config: PipelineConfig) -> StageResult:
     logger = get_run_logger()
     try:
         core.check_options(config.download)
@@ -67,4 +68,4 @@ def _download(config: PipelineConfig) -> dict:
     outputs = [str(report), str(config.raw_dir)]
     if usable == 0:
         raise _failed(f"no clip could be downloaded: {message}", counts, outputs)
-    return {"stage": "download", "counts": counts, "outputs": outputs, "failed": False, "message": message}
+    return StageResult(stage="download", counts=counts, outputs=outputs, message=message)

@@ -11,17 +11,18 @@ from tasks.lib import filtering as core
 from tasks.lib.config import PipelineConfig
 from tasks.lib.errors import StageFailed, failed_summary
 from tasks.lib.locks import data_dir_lock
+from tasks.lib.results import StageResult
 from tasks.filter import check_clip, plan_filter, write_filter_report
 
 
 @flow(name="filter")
-def filter_flow(config: PipelineConfig) -> dict:
+def filter_flow(config: PipelineConfig) -> StageResult:
     """Raises StageFailed (the flow run ends Failed) when fewer than two classes keep a clip."""
     with data_dir_lock(config.data_dir, "filter"):
         return _filter(config)
 
 
-def _filter(config: PipelineConfig) -> dict:
+def _filter(config: PipelineConfig) -> StageResult:
     logger = get_run_logger()
     plan = plan_filter(config)
     for note in plan.notes:
@@ -46,7 +47,7 @@ def _filter(config: PipelineConfig) -> dict:
     )
     (logger.error if s.failed else logger.info)(s.message)
     outputs = [str(report)] + ([str(config.quarantine_dir)] if s.counts["quarantined"] else [])
-    summary = {"stage": "filter", "counts": s.counts, "outputs": outputs, "failed": s.failed, "message": s.message}
+    summary = StageResult(stage="filter", counts=s.counts, outputs=outputs, message=s.message, failed=s.failed)
     if s.failed:
         raise StageFailed(summary)
     return summary

@@ -14,8 +14,11 @@ from tasks.cluster import map_clips
 from tasks.lib.config import PipelineConfig
 from tasks.lib.errors import StageFailed, failed_summary
 from tasks.lib.locks import data_dir_lock
+from tasks.lib.results import StageResult
 from tasks.guards import check_space_for_frames
-from tasks.frames import FilterReportMissing, decoder_threads, plan_frames, sample_clip_task, write_dataset
+from tasks.frames import (
+    FilterReportMissing, decoder_threads, frames_summary, plan_frames, sample_clip_task, write_dataset,
+)
 
 
 def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[str] | None = None) -> StageFailed:
@@ -23,13 +26,13 @@ def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[st
 
 
 @flow(name="frames")
-def frames_flow(config: PipelineConfig) -> dict:
+def frames_flow(config: PipelineConfig) -> StageResult:
     """Raises StageFailed (the flow run ends Failed) when the dataset would be unusable."""
     with data_dir_lock(config.data_dir, "frames"):
         return _frames(config)
 
 
-def _frames(config: PipelineConfig) -> dict:
+def _frames(config: PipelineConfig) -> StageResult:
     logger = get_run_logger()
     try:
         plan = plan_frames(config)
@@ -52,34 +55,14 @@ def _frames(config: PipelineConfig) -> dict:
     for w in ds.warnings:
         logger.warning(w)
 
-    failures: dict[str, int] = {}
-    for r in results + plan.failed:
-        if r["status"] == "failed":
-            failures[r["reason"]] = failures.get(r["reason"], 0) + 1
-    splits = {s: sum(v[s] for v in ds.per_class_split.values()) for s in ("train", "val", "test")}
-    counts = {"clips": len(ds.rows), "sampled": sum(r["status"] == "sampled" for r in results),
-              "already_done": len(plan.done), "failed": sum(failures.values()), **splits,
-              **{f"failed_{k}": v for k, v in sorted(failures.items(), key=lambda kv: -kv[1])},
-              **({"removed_stale": len(ds.removed)} if ds.removed else {})}
+    summary = frames_summary(config, plan, results, ds)
     create_table_artifact(
         [{"class": c, **v, "total": sum(v.values())} for c, v in ds.per_class_split.items()],
         key="frames-splits",
         description=f"clips per split and class; {config.frames.split_mode} splits, seed {config.seed}; "
                     f"fingerprint {ds.fingerprint}",
     )
-    outputs = [str(ds.manifest), str(ds.dataset_json), str(ds.report)]
-    by_class = ", ".join(f"{c!r}: {sum(v.values())}" for c, v in ds.per_class_split.items())
-    message = (f"{len(ds.rows)} clips in the dataset ({by_class}); train/val/test = "
-               f"{splits['train']}/{splits['val']}/{splits['test']}; {counts['sampled']} sampled now, "
-               f"{counts['already_done']} already done")
-    if failures:
-        message += "; could not sample: " + ", ".join(f"{v} {k}" for k, v in failures.items())
-    if ds.warnings:
-        message += "\n   warning: " + "\n   warning: ".join(ds.warnings)
-    usable = [c for c, v in ds.per_class_split.items() if sum(v.values())]
-    if len(usable) < 2:
-        raise _failed(f"fewer than two classes have sampled clips ({by_class}): {message}", counts, outputs)
-    if splits["train"] == 0:
-        raise _failed(f"no training clips: {message}", counts, outputs)
-    logger.info(message)
-    return {"stage": "frames", "counts": counts, "outputs": outputs, "failed": False, "message": message}
+    if summary.failed:
+        raise StageFailed(summary)
+    logger.info(summary.message)
+    return summary

@@ -14,8 +14,9 @@ from flows.train import train_flow
 from tasks.lib.config import PipelineConfig
 from tasks.lib.errors import StageFailed
 from tasks.lib.locks import data_dir_lock
+from tasks.lib.results import StageResult
 
-STAGES: dict[str, Callable[..., dict]] = {
+STAGES: dict[str, Callable[..., StageResult]] = {
     "download": download_flow,
     "filter": filter_flow,
     "frames": frames_flow,
@@ -43,7 +44,7 @@ def pipeline_flow(
     stages: list[str] | None = None,
     start: str | None = None,
     force_train: bool = False,
-) -> list[dict]:
+) -> list[StageResult]:
     """Holds the data_dir lock from the first stage to the last, so a second pipeline on the same data_dir waits
     for all of this one and then finds everything done. A failed stage stops the chain and the pipeline raises
     StageFailed with every stage's summary: its flow run ends Failed, as the stage's did."""
@@ -51,9 +52,10 @@ def pipeline_flow(
         return _pipeline(config, stages, start, force_train)
 
 
-def _pipeline(config: PipelineConfig, stages: list[str] | None, start: str | None, force_train: bool) -> list[dict]:
+def _pipeline(config: PipelineConfig, stages: list[str] | None, start: str | None,
+              force_train: bool) -> list[StageResult]:
     logger = get_run_logger()
-    summaries: list[dict] = []
+    summaries: list[StageResult] = []
     failure: StageFailed | None = None
     for name in select_stages(stages, start):
         stage = STAGES[name]
@@ -63,11 +65,10 @@ def _pipeline(config: PipelineConfig, stages: list[str] | None, start: str | Non
             failure, summary = e, e.summary
         summaries.append(summary)
         if failure is not None:
-            logger.error("stage %s failed: %s; later stages not run", name, summary.get("message"))
+            logger.error("stage %s failed: %s; later stages not run", name, summary.message)
             break
     create_table_artifact(
-        [{"stage": s["stage"], "failed": s.get("failed", False), "message": s.get("message", ""),
-          **{k: v for k, v in s.get("counts", {}).items()}} for s in summaries],
+        [{"stage": s.stage, "failed": s.failed, "message": s.message, **s.counts} for s in summaries],
         key="pipeline-summary",
         description="one row per stage",
     )

@@ -12,6 +12,7 @@ from tasks import tracking
 from tasks.lib.config import PipelineConfig
 from tasks.lib.errors import StageFailed, failed_summary, is_disk_full, disk_full_message
 from tasks.lib.locks import data_dir_lock
+from tasks.lib.results import StageResult
 from tasks.guards import check_space_for_training, check_tracking_store
 from tasks.train import (
     DatasetMissingError, find_reusable_run, read_dataset_info, summary_message, train_and_register, train_key,
@@ -19,14 +20,14 @@ from tasks.train import (
 
 
 @flow(name="train", log_prints=True)
-def train_flow(config: PipelineConfig, force: bool = False) -> dict:
+def train_flow(config: PipelineConfig, force: bool = False) -> StageResult:
     uri = tracking.resolve_tracking_uri(config.mlflow)
     check_tracking_store(uri)
     with data_dir_lock(config.data_dir, "train"), tracking.store_lock(uri):
         return _train(config, force, uri)
 
 
-def _train(config: PipelineConfig, force: bool, uri: str) -> dict:
+def _train(config: PipelineConfig, force: bool, uri: str) -> StageResult:
     from model.presets import describe
 
     logger = get_run_logger()
@@ -40,7 +41,7 @@ def _train(config: PipelineConfig, force: bool, uri: str) -> dict:
         logger.info("unchanged dataset and options: reusing run %s (model v%s)", res["run_id"], res["registry"]["version"])
     else:
         view = config.train.view
-        cost = describe(config.train.model, num_frames=view.num_frames, image_size=int(info["size"]),
+        cost = describe(config.train.model, num_frames=view.num_frames, image_size=info.image_size,
                         in_channels=view.channels)
         check_space_for_training(config, cost.get("params"))
         try:
@@ -54,7 +55,6 @@ def _train(config: PipelineConfig, force: bool, uri: str) -> dict:
             if is_disk_full(e):
                 raise StageFailed(failed_summary("train", disk_full_message(e, config.data_dir / "runs"))) from None
             raise
-    counts = {f"{split}_clips": info["split_counts"].get(split, 0) for split in ("train", "val", "test")}
+    counts = {f"{split}_clips": info.split_counts.get(split, 0) for split in ("train", "val", "test")}
     msg = summary_message(config, res)
-    return {"stage": "train", "counts": counts, "outputs": [res["tracking_uri"]], "failed": False, "message": msg,
-            "result": res}
+    return StageResult(stage="train", counts=counts, outputs=[res["tracking_uri"]], message=msg, result=res)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from tasks.lib.results import StageResult
 
 
 class UserError(Exception):
@@ -28,14 +30,14 @@ class ServiceUnavailable(Exception):
 class StageFailed(RuntimeError):
     """A stage (or the pipeline) failed as a whole. ``summaries`` are the stages' summary dicts, in order."""
 
-    def __init__(self, summaries: dict[str, Any] | list[dict[str, Any]], user_error: bool = False):
-        self.summaries = [summaries] if isinstance(summaries, dict) else list(summaries)
+    def __init__(self, summaries: StageResult | list[StageResult], user_error: bool = False):
+        self.summaries = [summaries] if isinstance(summaries, Mapping) else list(summaries)
         self.user_error = bool(user_error)
         last = self.summaries[-1] if self.summaries else {}
         super().__init__(f"stage {last.get('stage', '?')} failed: {last.get('message', '')}")
 
     @property
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> StageResult:
         return self.summaries[-1]
 
     def __reduce__(self):
@@ -43,9 +45,10 @@ class StageFailed(RuntimeError):
 
 
 def failed_summary(stage: str, message: str, counts: dict[str, int] | None = None,
-                   outputs: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"stage": stage, "counts": counts or {}, "outputs": outputs or [], "failed": True, "message": message,
-            **extra}
+                   outputs: list[str] | None = None) -> StageResult:
+    """The result a failed stage carries: what it counted before failing and why, in one line."""
+    return StageResult(stage=stage, counts=dict(counts or {}), outputs=list(outputs or []), message=message,
+                       failed=True)
 
 
 class DiskFullError(OSError):
