@@ -6,8 +6,9 @@ and fp32 vs bf16 training steps.
   them from scratch on each engine: threads (``frames.workers`` 2), Dask LocalCluster with 1 worker, with 2 workers
   (``cluster.shard_size`` ``--shard-size``). The bare work is the same sampler called in a plain loop, one
   thread, no Prefect. ``dask_speedup_2w`` = stage time on 1 Dask worker / on 2. ``overhead_share`` = what the
-  1-worker Dask stage adds to the bare work (cluster start, Prefect task runs, planning, manifest) as a share of
-  that stage's time.
+  1-worker Dask stage adds to the bare work (Prefect flow and task runs, planning, the manifest) as a share of
+  that stage's time, less the start and close of an empty LocalCluster of the same shape (Dask's fixed cost per
+  stage run, timed separately as ``cluster_start_seconds``); ``overhead_share_incl_cluster_start`` keeps it.
 * **DDP**: the default preset on a synthetic frames dataset (``--ddp-clips`` training clips), fp32, the same
   options with ``train.processes`` 1 and 2; ``ddp_speedup_2p`` = mean epoch seconds of 1 process / of 2 (epochs
   after the first, so torchrun's start and the first DDP construction are left out; evaluation included).
@@ -92,14 +93,29 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
         t0 = time.perf_counter()
         summary = frames_flow(cfg)
         out[f"{name}_seconds"] = time.perf_counter() - t0
-        assert summary["counts"]["sampled"] == kept, summary
+        assert summary.counts["sampled"] == kept, summary
         fingerprints.add(json.loads((cfg.dataset_dir / "dataset.json").read_text())["fingerprint"])
         print(f"frames {name}: {out[f'{name}_seconds']:.1f} s for {kept} clips", flush=True)
     out["same_fingerprint"] = len(fingerprints) == 1
     out["dask_speedup_2w"] = out["dask_1w_seconds"] / out["dask_2w_seconds"]
     out["dask_2w_vs_threads"] = out["threads_seconds"] / out["dask_2w_seconds"]
-    out["overhead_share"] = max(0.0, out["dask_1w_seconds"] - bare) / out["dask_1w_seconds"]
+    out["cluster_start_seconds"] = local_cluster_seconds(workers=1)
+    added = max(0.0, out["dask_1w_seconds"] - bare)
+    out["overhead_share_incl_cluster_start"] = added / out["dask_1w_seconds"]
+    out["overhead_share"] = max(0.0, added - out["cluster_start_seconds"]) / out["dask_1w_seconds"]
     return out
+
+
+def local_cluster_seconds(workers: int) -> float:
+    """Start and close a LocalCluster like the stage's (:func:`tasks.cluster.dask_runner`) with nothing to run:
+    Dask's fixed cost per stage run, paid once whatever the clip count, and not Prefect's."""
+    from distributed import Client, LocalCluster
+
+    t0 = time.perf_counter()
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.wait_for_workers(workers)
+    return time.perf_counter() - t0
 
 
 # -- DDP -------------------------------------------------------------------------------------------------------------
@@ -128,7 +144,8 @@ def ddp(work: Path, clips: int, epochs: int) -> dict:
 def precision_steps(steps: int, batch: int = 8) -> dict:
     from model.precision import compare_steps, cpu_has_bf16
     from model.presets import DEFAULT_PRESET, build_model
-    from model.training import _autocast, make_optimizer, param_groups
+    from model.evaluation import autocast
+    from model.optim import make_optimizer, param_groups
     from model.views import ViewSpec
     from model.predict import preprocess
 
@@ -143,7 +160,7 @@ def precision_steps(steps: int, batch: int = 8) -> dict:
         opt = make_optimizer(param_groups(model, 0.05), lr=1e-4)
 
         def step(dtype) -> None:
-            with _autocast(torch.device("cpu"), dtype):
+            with autocast(torch.device("cpu"), dtype):
                 logits = model(preprocess(frames, view)).float()
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -158,14 +175,14 @@ def precision_steps(steps: int, batch: int = 8) -> dict:
     return out
 
 
-def quality(config: Path, seeds: list[int], work: Path) -> dict:
+def quality(config: Path, seeds: list[int], work: Path, precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict:
     """The default recipe, fp32 vs bf16, same seeds, on the config's stored dataset (run its data stages first)."""
     from model.training import fit
     from tasks.lib.config import load_config
 
     cfg = load_config(config)
     out: dict = {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         runs = []
         for seed in seeds:
             t0 = time.perf_counter()
