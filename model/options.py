@@ -42,7 +42,7 @@ class TrainOptions(BaseModel):
     diff_gap: int = Field(1, ge=1, le=8, description="stored frames between the two frames of a difference (diff inputs)")
     test_views: int = Field(2, ge=1, le=16, description="views averaged at evaluation and prediction")
     epochs: int = Field(80, ge=1, description="maximum epochs (early stopping may end sooner)")
-    batch_size: int = Field(8, ge=1, description="clips per optimiser step")
+    batch_size: int = Field(32, ge=1, description="clips per optimiser step")
     lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (cosine decay after warm-up)")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
     warmup_epochs: float = Field(2.0, ge=0, description="linear warm-up length in epochs")
