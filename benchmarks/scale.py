@@ -21,7 +21,8 @@ and fp32 vs bf16 training steps.
 Timings on a shared machine are noisy: the JSON keeps every figure, and ``uptime``'s load at start and end.
 Ends with one line: ``dask_speedup_2w=X overhead_share=Y ddp_speedup_2p=Z bf16_speedup=W``.
 
-Usage: ``python benchmarks/scale.py [--clips 200] [--json benchmarks/out/scale.json]``
+Usage: ``python benchmarks/scale.py [--clips 200] [--frames-job configs/surv_fight.yaml] [--json benchmarks/out/scale.json]``
+(``--frames-job``: the frames comparison on that job's real clips instead of generated ones).
 """
 from __future__ import annotations
 
@@ -51,9 +52,11 @@ def _load() -> list[float]:
 
 
 # -- frames stage --------------------------------------------------------------------------------------------------
-def frames_config(data_dir: Path, src: Path, csv: Path, shard_size: int, **cluster) -> PipelineConfig:
+def frames_config(data_dir: Path, csv: Path, url_template: str, shard_size: int, classes: list[str] | None = None,
+                  **cluster) -> PipelineConfig:
     return PipelineConfig.model_validate({
-        "data_dir": str(data_dir), "annotations": [str(csv)], "url_template": f"file://{src}/videos/{{youtube_id}}.mp4",
+        "data_dir": str(data_dir), "annotations": [str(csv)], "url_template": url_template,
+        **({"classes": classes} if classes else {}),
         "download": {"allow_file_urls": True, "workers": 4, "retries": 0},
         "frames": {"num_frames": 16, "size": 128, "workers": 2, "split_mode": "official"},
         "train": {"view_frames": 15}, "cluster": {"shard_size": shard_size, **cluster},
@@ -71,16 +74,26 @@ def bare_sampling_seconds(cfg: PipelineConfig) -> tuple[float, int]:
     return time.perf_counter() - t0, len(rows)
 
 
-def frames_stage(work: Path, clips: int, width: int, height: int, duration: float, shard_size: int) -> dict:
+def frames_stage(work: Path, clips: int, width: int, height: int, duration: float, shard_size: int,
+                 job: Path | None = None) -> dict:
+    """``job``: a pipeline config whose clips (its annotations and ``file://`` URL template) are used instead of
+    generated ones, e.g. real footage: generated clips decode in tens of milliseconds, which makes any fixed cost
+    look large."""
     from flows.download import download_flow
     from flows.filter import filter_flow
     from flows.frames import frames_flow
+    from tasks.lib.config import load_config
     from tasks.lib.demo import generate_demo_dataset
 
-    src = work / "src"
-    csv = generate_demo_dataset(src, n_dribbling=clips - clips // 2, n_dunking=clips // 2, seed=0, width=width,
-                                height=height, duration=duration, clip_len=duration)
-    base = frames_config(work / "data", src, csv, shard_size)
+    if job is not None:
+        real = load_config(job)
+        csv, url, classes = real.annotations[0], real.url_template, list(real.classes)
+    else:
+        src = work / "src"
+        csv = generate_demo_dataset(src, n_dribbling=clips - clips // 2, n_dunking=clips // 2, seed=0, width=width,
+                                    height=height, duration=duration, clip_len=duration)
+        url, classes = f"file://{src}/videos/{{youtube_id}}.mp4", None
+    base = frames_config(work / "data", csv, url, shard_size, classes)
     download_flow(base)
     filter_flow(base)
     bare, kept = bare_sampling_seconds(base)
@@ -88,7 +101,7 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
     fingerprints = set()
     for name, cluster in (("threads", {"engine": "threads"}), ("dask_1w", {"engine": "dask", "workers": 1}),
                           ("dask_2w", {"engine": "dask", "workers": 2})):
-        cfg = frames_config(work / "data", src, csv, shard_size, **cluster)
+        cfg = frames_config(work / "data", csv, url, shard_size, classes, **cluster)
         shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
         t0 = time.perf_counter()
         summary = frames_flow(cfg)
@@ -198,6 +211,8 @@ def quality(config: Path, seeds: list[int], work: Path, precisions: tuple[str, .
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=200)
+    ap.add_argument("--frames-job", type=Path, default=None,
+                    help="frames comparison on this config's clips (e.g. configs/surv_fight.yaml) instead of generated ones")
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--duration", type=float, default=10.0)
@@ -220,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"load_start": _load(), "cpus": len(os.sched_getaffinity(0))}
     with tempfile.TemporaryDirectory() as tmp, server:
         work = Path(tmp)
-        result["frames"] = frames_stage(work, args.clips, args.width, args.height, args.duration, args.shard_size)
+        result["frames"] = frames_stage(work, args.clips, args.width, args.height, args.duration, args.shard_size,
+                                        args.frames_job)
         result["ddp"] = ddp(work, args.ddp_clips, args.ddp_epochs)
         result["precision"] = precision_steps(args.steps)
         if args.quality:

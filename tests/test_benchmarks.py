@@ -90,7 +90,7 @@ def test_scale_script_measures_every_engine_and_ends_with_its_line(prefect_harne
     f, d, p = result["frames"], result["ddp"], result["precision"]
     assert f["clips"] == 4 and f["same_fingerprint"] is True
     assert f["dask_speedup_2w"] == pytest.approx(f["dask_1w_seconds"] / f["dask_2w_seconds"])
-    assert 0.0 <= f["overhead_share"] < 1.0
+    assert 0.0 <= f["overhead_share"] <= f["overhead_share_incl_cluster_start"] < 1.0 and f["cluster_start_seconds"] > 0
     assert d["ddp_speedup_2p"] == pytest.approx(d["p1_epoch_seconds"] / d["p2_epoch_seconds"])
     assert len(d["p1_train_loss"]) == len(d["p2_train_loss"]) == 2
     assert p["bf16_speedup"] == pytest.approx(p["default"]["bf16_speedup"]) and p["wide4x"]["params"] > p["default"]["params"]
@@ -98,3 +98,20 @@ def test_scale_script_measures_every_engine_and_ends_with_its_line(prefect_harne
     assert printed[-1] == result["summary"] == json.loads(out.read_text())["summary"]
     assert printed[-1].startswith("dask_speedup_2w=") and " overhead_share=" in printed[-1]
     assert f" ddp_speedup_2p={d['ddp_speedup_2p']:.2f} bf16_speedup={p['bf16_speedup']:.2f}" in printed[-1]
+
+
+@pytest.mark.slow
+def test_scale_frames_comparison_runs_on_a_jobs_own_clips(prefect_harness, tmp_path):
+    """``--frames-job``: the engines compared on the clips a pipeline config names (its CSV and file:// URLs), as
+    on real footage, instead of generated ones."""
+    from tasks.lib.demo import generate_demo_dataset
+
+    src = tmp_path / "src"
+    csv = generate_demo_dataset(src, n_dribbling=2, n_dunking=2, seed=1, width=64, height=48, duration=2, clip_len=2)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"data_dir: {tmp_path / 'unused'}\nannotations: [{csv}]\n"
+                   f"url_template: 'file://{src}/videos/{{youtube_id}}.mp4'\n"
+                   "classes: [dribbling basketball, dunking basketball]\ndownload: {allow_file_urls: true}\n")
+    f = _script("scale").frames_stage(tmp_path / "work", 0, 0, 0, 0.0, 2, job=job)
+    assert f["clips"] == 4 and f["same_fingerprint"] is True
+    assert 0.0 <= f["overhead_share"] <= f["overhead_share_incl_cluster_start"] < 1.0

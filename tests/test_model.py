@@ -216,7 +216,7 @@ def test_model_package_stands_alone():
     import subprocess
     import sys
 
-    code = ("import sys, model.training, model.predict, model.presets, model.metrics, model.data; "
+    code = ("import sys, model.training, model.predict, model.presets, model.metrics, model.data, model.dataset; "
             "bad = [m for m in ('tasks', 'prefect', 'mlflow', 'sklearn') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
