@@ -6,6 +6,8 @@ the registration, so two trainings of one key register one version. A failure ra
 ends Failed) with a one-line message: store unreachable, disk full, server lost during training."""
 from __future__ import annotations
 
+import time
+
 from prefect import flow, get_run_logger
 
 from tasks import tracking
@@ -15,7 +17,8 @@ from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
 from tasks.guards import check_space_for_training, check_tracking_store
 from tasks.train import (
-    DatasetMissingError, find_reusable_run, read_dataset_info, summary_message, train_and_register, train_key,
+    DatasetMissingError, find_reusable_run, log_training, read_dataset_info, register_model, run_tags, summary_message,
+    train_key, train_model, training_summary,
 )
 
 
@@ -45,7 +48,7 @@ def _train(config: PipelineConfig, force: bool, uri: str) -> StageResult:
                         in_channels=view.channels)
         check_space_for_training(config, cost.get("params"))
         try:
-            res = train_and_register(config, info, key)
+            res = _train_and_register(config, info, key)
         except Exception as e:  # noqa: BLE001 - two known outages get one line each; anything else is a bug
             if tracking.is_store_down(e):
                 raise StageFailed(failed_summary(
@@ -58,3 +61,15 @@ def _train(config: PipelineConfig, force: bool, uri: str) -> StageResult:
     counts = {f"{split}_clips": info.split_counts.get(split, 0) for split in ("train", "val", "test")}
     msg = summary_message(config, res)
     return StageResult(stage="train", counts=counts, outputs=[res["tracking_uri"]], message=msg, result=res)
+
+
+def _train_and_register(config: PipelineConfig, info, key: str) -> dict:
+    """One MLflow run around three tasks: train (no retries), log, register (retried when the store is down)."""
+    uri = tracking.use_store(config.mlflow)
+    started = time.time()
+    with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}",
+                               run_tags(config, info, key)) as run_id:
+        result = train_model(config, info, key, run_id)
+        final, model_uri = log_training(config, info, key, result, started)
+        reg = register_model(config, model_uri, run_id, float(result.best_val_score))
+    return training_summary(config, info, run_id, uri, final, reg, result)

@@ -201,36 +201,61 @@ def _summary_artifacts(config: PipelineConfig, final: dict[str, float], reg: Any
                               description=f"misclassified test clips ({len(wrong)} shown, most confident first)")
 
 
-@task(name="train-and-register", cache_policy=NO_CACHE)
-def train_and_register(config: PipelineConfig, dataset_info: DatasetInfo, key: str) -> dict[str, Any]:
-    """One MLflow run: inputs logged, ``fit`` reporting every epoch through the callback, then the report, the
-    packaged classifier and its registration (the champion moves on the smoothed val score)."""
-    from model.training import fit
-
-    logger = get_run_logger()
-    uri = tracking.use_store(config.mlflow)
-    work_dir = config.data_dir / "runs" / key
-    tags = {
+def run_tags(config: PipelineConfig, dataset_info: DatasetInfo, key: str) -> dict[str, str]:
+    """The MLflow run's tags: the training key (what reuse looks up), the Prefect flow run, preset and dataset."""
+    return {
         "train_key": key,
         "prefect.flow_run_id": str(runtime.flow_run.id or ""),
         "prefect.flow_run_name": str(runtime.flow_run.name or ""),
         "preset": config.train.model,
         "dataset.fingerprint": str(dataset_info.fingerprint),
     }
+
+
+@task(name="train-model", cache_policy=NO_CACHE)
+def train_model(config: PipelineConfig, dataset_info: DatasetInfo, key: str, run_id: str) -> Any:
+    """Log the inputs, then ``fit``, every epoch reported to the MLflow run and the Prefect UI. No retries: a
+    failed training is a bug to read (an interrupted one resumes from ``last.pt`` on the next run)."""
+    from model.training import fit
+
+    _log_inputs(config, dataset_info)
+    callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(config.train.epochs))
+    return fit(dataset_info, config.train, seed=config.seed, work_dir=config.data_dir / "runs" / key,
+               callback=callback)
+
+
+@task(name="log-training", cache_policy=NO_CACHE)
+def log_training(config: PipelineConfig, dataset_info: DatasetInfo, key: str, result: Any,
+                 started: float) -> tuple[dict[str, float], str]:
+    """The final metrics, the report and plots, and the packaged classifier, into the active run. Returns the
+    metrics and the logged model's URI."""
+    final = _final_metrics(result, started)
+    tracking.log_metrics(final)
+    # the network actually trained (a pretrained start is the checkpoint's architecture, not the preset's)
+    tracking.log_params({"model_params": sum(p.numel() for p in result.model.parameters())})
+    _log_report(result, list(dataset_info.classes), config.data_dir / "runs" / key / "report")
+    return final, _package(result, config, dataset_info, key)
+
+
+def _store_down(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the registry call only when the store did not answer; any other error is final."""
+    return isinstance(state.data, BaseException) and tracking.is_store_down(state.data)
+
+
+@task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_store_down)
+def register_model(config: PipelineConfig, model_uri: str, run_id: str, score: float) -> Any:
+    """A new version (or this run's, on a retry) with alias challenger; champion when its score beats the
+    incumbent's."""
+    reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, score)
+    get_run_logger().info("registered %s v%d (%s)", reg.name, reg.version, reg.decision)
+    return reg
+
+
+@task(name="training-summary", cache_policy=NO_CACHE)
+def training_summary(config: PipelineConfig, dataset_info: DatasetInfo, run_id: str, uri: str,
+                     final: dict[str, float], reg: Any, result: Any) -> dict[str, Any]:
+    """The stage's record of the trained run (the same shape a reused run gives) and its UI artifacts."""
     classes = list(dataset_info.classes)
-    started = time.time()
-    with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}", tags) as run_id:
-        _log_inputs(config, dataset_info)
-        callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(config.train.epochs))
-        result = fit(dataset_info, config.train, seed=config.seed, work_dir=work_dir, callback=callback)
-        final = _final_metrics(result, started)
-        tracking.log_metrics(final)
-        # the network actually trained (a pretrained start is the checkpoint's architecture, not the preset's)
-        tracking.log_params({"model_params": sum(p.numel() for p in result.model.parameters())})
-        _log_report(result, classes, work_dir / "report")
-        model_uri = _package(result, config, dataset_info, key)
-        reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, float(result.best_val_score))
-        logger.info("registered %s v%d (%s)", reg.name, reg.version, reg.decision)
     _summary_artifacts(config, final, reg, result, classes)
     return {
         "run_id": run_id,

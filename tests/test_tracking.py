@@ -72,6 +72,20 @@ def test_champion_moves_only_on_a_strictly_better_score(store):
     assert run.data.metrics["registry/challenger_score"] == pytest.approx(0.60)
 
 
+def test_registering_a_run_again_reuses_its_version(store):
+    """The train stage retries the registry call when the store drops: a retry must not add a second version
+    (of either model) for the same run."""
+    from mlflow import MlflowClient
+
+    with tracking.training_run(store.experiment, "r", {"train_key": "k"}) as run_id:
+        uri = tracking.log_classifier(_classifier(), metadata={"classes": ["a", "b"], "num_frames": T, "image_size": S})
+        first = tracking.register_and_promote(uri, store.model_name, run_id, 0.7)
+        again = tracking.register_and_promote(uri, store.model_name, run_id, 0.7)
+    assert first.version == again.version == 1 and again.champion_version == 1
+    for name in (store.model_name, store.model_name + tracking.VIDEO_SUFFIX):
+        assert [int(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")] == [1]
+
+
 def test_signature_is_uint8_clips_with_free_batch(store):
     sig = tracking.classifier_signature(T, S, ["a", "b"])
     assert sig.inputs.inputs[0].shape == (-1, T, S, S, 3) and sig.inputs.inputs[0].type == np.dtype(np.uint8)

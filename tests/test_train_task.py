@@ -19,3 +19,18 @@ def test_misclassified_clips_most_confidently_wrong_first():
     ]
     assert _misclassified_rows(table, limit=1)[0]["clip_id"] == "b"
     assert _misclassified_rows(None) == [] and _misclassified_rows(table.iloc[:0]) == []
+
+
+def test_only_the_registry_call_retries_and_only_when_the_store_is_down():
+    """Training is never retried (a failure is a bug to read); registration is, when MLflow did not answer."""
+    from types import SimpleNamespace
+
+    from tasks.lib.errors import ServiceUnavailable
+    from tasks.train import _store_down, log_training, register_model, train_model
+
+    assert train_model.retries == 0 and log_training.retries == 0
+    assert register_model.retries == 2 and register_model.retry_condition_fn is _store_down
+    down = ConnectionError("connection refused")
+    assert _store_down(None, None, SimpleNamespace(data=down))
+    assert _store_down(None, None, SimpleNamespace(data=ServiceUnavailable("MLflow at x is not answering")))
+    assert not _store_down(None, None, SimpleNamespace(data=ValueError("bad score")))

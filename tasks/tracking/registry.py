@@ -35,9 +35,16 @@ class Registration:
 def register_and_promote(model_uri: str, name: str, run_id: str, score: float,
                          metric: str = SELECTION_METRIC) -> Registration:
     """New version + alias ``challenger``; ``champion`` moves only when the challenger's score is strictly higher
-    (ties keep the incumbent). The decision and both scores go onto the run."""
-    mv = mlflow.register_model(model_uri, name)
-    return promote(name, int(mv.version), run_id, score, metric)
+    (ties keep the incumbent). The decision and both scores go onto the run. Idempotent per run: a retry after
+    a lost connection promotes the version this run already has instead of registering a second one."""
+    version = version_of_run(name, run_id) or int(mlflow.register_model(model_uri, name).version)
+    return promote(name, version, run_id, score, metric)
+
+
+def version_of_run(name: str, run_id: str) -> int | None:
+    """The version of registered model ``name`` that run ``run_id`` created, if any."""
+    found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return max((int(v.version) for v in found), default=None)
 
 
 def run_score(metrics: dict[str, float], metric: str = SELECTION_METRIC) -> float | None:
@@ -93,7 +100,7 @@ def _register_video_model(run_id: str, name: str, *, promote: bool) -> int | Non
     if not found:
         return None
     client = MlflowClient()
-    version = str(mlflow.register_model(found[0].model_uri, name).version)
+    version = str(version_of_run(name, run_id) or mlflow.register_model(found[0].model_uri, name).version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
