@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-SPLITS = ("train", "val", "test")
+from model.dataset import SPLITS
 
 
 @dataclass(frozen=True)

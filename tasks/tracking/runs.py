@@ -10,12 +10,12 @@ import mlflow
 from mlflow import MlflowClient
 import numpy as np
 
+from model.dataset import SPLITS
 from tasks.lib import locks
 from tasks.tracking.store import ensure_experiment
 
 
 # -- metric names: grouped by split in the UI (its chart sections follow the part before the first "/") --------
-SPLITS = ("train", "val", "test")
 
 
 _RENAMED = {"lr": "optim/lr", "best_epoch": "val/best_epoch", "challenger_score": "registry/challenger_score",
