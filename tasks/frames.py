@@ -242,7 +242,7 @@ def frames_summary(config: PipelineConfig, plan: FramesPlan, results: list[dict[
     for r in results + plan.failed:
         if r["status"] == "failed":
             failures[r["reason"]] = failures.get(r["reason"], 0) + 1
-    splits = {s: sum(v[s] for v in ds.per_class_split.values()) for s in ("train", "val", "test")}
+    splits = {s: sum(v[s] for v in ds.per_class_split.values()) for s in dataset_format.SPLITS}
     counts = {"clips": len(ds.rows), "sampled": sum(r["status"] == "sampled" for r in results),
               "already_done": len(plan.done), "failed": sum(failures.values()), **splits,
               **{f"failed_{k}": v for k, v in sorted(failures.items(), key=lambda kv: -kv[1])},

@@ -1,6 +1,6 @@
 """Prefect tasks of the train stage: train the configured preset on the stored dataset, record everything in
-MLflow, register the model and move the aliases. No retries here: a failed training is a bug to read, not
-flaky IO to try again."""
+MLflow, register the model and move the aliases. Only the registry call retries, and only when the store did not
+answer: a failed training is a bug to read, not flaky IO to try again."""
 from __future__ import annotations
 
 import time
