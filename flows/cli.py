@@ -50,21 +50,25 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vivit", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    for name, text in (("download", "download the selected Kinetics clips with yt-dlp"),
-                       ("filter", "validate downloads, quarantine unusable files"),
-                       ("frames", "sample frames uniformly into the dataset"),
-                       ("train", "train the configured preset and register it in MLflow")):
+    for name, text, force in (
+            ("download", "download the selected Kinetics clips with yt-dlp", "download clips already on disk again"),
+            ("filter", "validate downloads, quarantine unusable files", "check files the last report already judged"),
+            ("frames", "sample frames uniformly into the dataset", "sample clips already sampled again"),
+            ("train", "train the configured preset and register it in MLflow",
+             "train even if an identical run is registered")):
         p = sub.add_parser(name, help=text)
         _config_args(p)
+        p.add_argument("--force", action="store_true", help=force)
         if name == "train":
-            p.add_argument("--force", action="store_true", help="train even if an identical run is registered")
             p.add_argument("--nproc", type=_positive_int, default=None,
                            help="DistributedDataParallel processes on this machine (same as --set train.processes=N)")
     p = sub.add_parser("run", help="the chained pipeline (download -> filter -> frames -> train)")
     _config_args(p)
     p.add_argument("--stages", help="comma-separated subset, e.g. filter,frames")
     p.add_argument("--from", dest="start", help="run from this stage to the end")
-    p.add_argument("--force-train", action="store_true", help="train even if an identical run is registered")
+    p.add_argument("--force", help="comma-separated stages that redo their work instead of keeping what is done, "
+                   "e.g. frames,train")
+    p.add_argument("--force-train", action="store_true", help="same as --force train")
     p = sub.add_parser("predict", help="classify videos, folders, globs or list files with a registered model")
     p.add_argument("videos", nargs="+", help="video files, folders (searched recursively), globs ('clips/*.mp4'), "
                    "or .txt/.csv lists of paths")
@@ -106,18 +110,28 @@ def print_summary(s: StageResult) -> None:
 def _run_stage(name: str, cfg, args) -> list[StageResult]:
     """The stage's (or pipeline's) summaries; a failed stage raises StageFailed carrying them."""
     if name == "run":
-        from flows.pipeline import pipeline_flow, select_stages
+        from flows.pipeline import pipeline_flow
 
-        stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-        select_stages(stages, args.start)  # validate before starting Prefect
-        return pipeline_flow(cfg, stages=stages, start=args.start, force_train=args.force_train)
-    if name == "train":
-        from flows.train import train_flow
-
-        return [train_flow(cfg, force=args.force)]
+        return pipeline_flow(cfg, **args.pipeline)
     from flows.pipeline import STAGES
 
-    return [STAGES[name](cfg)]
+    return [STAGES[name](cfg.stage(name), force=args.force)]
+
+
+def _pipeline_args(args) -> dict:
+    """``vivit run``'s ``--stages``, ``--from`` and ``--force`` as the pipeline flow's parameters; ValueError
+    naming an unknown stage."""
+    from flows.pipeline import select_stages
+
+    def names(text: str | None) -> list[str] | None:
+        return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+    stages = names(args.stages)
+    force = sorted(set(names(args.force) or []) | ({"train"} if args.force_train else set())) or None
+    select_stages(stages, args.start)
+    if force:
+        select_stages(force)
+    return {"stages": stages, "start": args.start, "force": force}
 
 
 def _next_steps(cfg, summaries: list[StageResult]) -> None:
@@ -198,10 +212,8 @@ def _main(args) -> int:
     if args.no_wait:
         os.environ["VIVIT_NO_WAIT"] = "1"
     if args.command == "run":
-        from flows.pipeline import select_stages
-
         try:
-            select_stages([s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None, args.start)
+            args.pipeline = _pipeline_args(args)  # checked before Prefect starts
         except ValueError as e:
             print(f"vivit: {e}", file=sys.stderr)
             return EXIT_USAGE

@@ -13,7 +13,7 @@ from prefect.artifacts import create_table_artifact
 from tasks.cluster import map_clips
 from tasks.lib import download as core
 from tasks.lib.annotations import AnnotationError
-from tasks.lib.config import PipelineConfig
+from tasks.lib.config import DownloadStage
 from tasks.lib.errors import StageFailed, failed_summary
 from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
@@ -26,13 +26,15 @@ def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[st
 
 
 @flow(name="download")
-def download_flow(config: PipelineConfig) -> StageResult:
-    """Raises StageFailed (the flow run ends Failed) when nothing is usable; the summary travels with it."""
+def download_flow(config: DownloadStage, force: bool = False) -> StageResult:
+    """``force``: download every selected clip again, even one already on disk (which is kept if that fails; a
+    clip the filter quarantined stays rejected until its quarantined file is deleted).
+    Raises StageFailed (the flow run ends Failed) when nothing is usable; the summary travels with it."""
     with data_dir_lock(config.data_dir, "download"):
-        return _download(config)
+        return _download(config, force)
 
 
-def _download(config: PipelineConfig) -> StageResult:
+def _download(config: DownloadStage, force: bool) -> StageResult:
     logger = get_run_logger()
     try:
         core.check_options(config.download)
@@ -50,7 +52,8 @@ def _download(config: PipelineConfig) -> StageResult:
     # The runner depends on config values known only now, so it is opened here rather than fixed in the
     # decorator; tasks submitted through it are still task runs of this flow run.
     rows = map_clips(config.cluster, "download", download_clip_task, "clip", clips,
-                     {"data_dir": config.data_dir, "url_template": config.url_template, "download": config.download},
+                     {"data_dir": config.data_dir, "url_template": config.url_template, "download": config.download,
+                      "force": force},
                      threads=config.download.workers)
 
     report = write_report_task(rows, config.reports_dir / "download.csv")

@@ -8,7 +8,7 @@ from prefect.artifacts import create_table_artifact
 
 from tasks.cluster import map_clips
 from tasks.lib import filtering as core
-from tasks.lib.config import PipelineConfig
+from tasks.lib.config import FilterStage
 from tasks.lib.errors import StageFailed, failed_summary
 from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
@@ -16,15 +16,16 @@ from tasks.filter import check_clip, plan_filter, write_filter_report
 
 
 @flow(name="filter")
-def filter_flow(config: PipelineConfig) -> StageResult:
-    """Raises StageFailed (the flow run ends Failed) when fewer than two classes keep a clip."""
+def filter_flow(config: FilterStage, force: bool = False) -> StageResult:
+    """``force``: check every file again, even those the last report already judged. Raises StageFailed (the
+    flow run ends Failed) when fewer than two classes keep a clip."""
     with data_dir_lock(config.data_dir, "filter"):
-        return _filter(config)
+        return _filter(config, force)
 
 
-def _filter(config: PipelineConfig) -> StageResult:
+def _filter(config: FilterStage, force: bool) -> StageResult:
     logger = get_run_logger()
-    plan = plan_filter(config)
+    plan = plan_filter(config, force)
     for note in plan.notes:
         logger.info(note)
     for item in plan.missing:
@@ -35,8 +36,8 @@ def _filter(config: PipelineConfig) -> StageResult:
             "filter", f"no clips to check in {where} for classes {config.classes}: run `vivit download` first",
             {"missing_files": len(plan.missing)}))
     rows = list(plan.reused)
-    # threads: frames.workers clips at once; dask: one clip at a time per single-threaded worker process
-    threads = config.frames.workers if config.cluster.engine == "threads" else 1
+    # threads: filter.workers clips at once; dask: one clip at a time per single-threaded worker process
+    threads = config.filter.workers if config.cluster.engine == "threads" else 1
     rows += map_clips(config.cluster, "filter", check_clip, "item", plan.todo, {"data_dir": config.data_dir}, threads)
     report = write_filter_report(rows, config.reports_dir / "filter.csv", config.raw_dir)
     s = core.summarize(rows, config.classes, reused=len(plan.reused), missing=len(plan.missing))

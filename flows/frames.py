@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from tasks.cluster import map_clips
-from tasks.lib.config import PipelineConfig
+from tasks.lib.config import FramesStage
 from tasks.lib.errors import StageFailed, failed_summary
 from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
@@ -26,16 +26,17 @@ def _failed(message: str, counts: dict[str, int] | None = None, outputs: list[st
 
 
 @flow(name="frames")
-def frames_flow(config: PipelineConfig) -> StageResult:
-    """Raises StageFailed (the flow run ends Failed) when the dataset would be unusable."""
+def frames_flow(config: FramesStage, force: bool = False) -> StageResult:
+    """``force``: sample every clip again, even those whose frames are already right. Raises StageFailed (the
+    flow run ends Failed) when the dataset would be unusable."""
     with data_dir_lock(config.data_dir, "frames"):
-        return _frames(config)
+        return _frames(config, force)
 
 
-def _frames(config: PipelineConfig) -> StageResult:
+def _frames(config: FramesStage, force: bool) -> StageResult:
     logger = get_run_logger()
     try:
-        plan = plan_frames(config)
+        plan = plan_frames(config, force)
     except FilterReportMissing as e:
         raise _failed(str(e)) from None
     check_space_for_frames(config, len(plan.todo))

@@ -11,12 +11,13 @@ from flows.download import download_flow
 from flows.filter import filter_flow
 from flows.frames import frames_flow
 from flows.train import train_flow
-from tasks.lib.config import PipelineConfig
+from tasks.lib.config import PipelineConfig, StageConfig
 from tasks.lib.errors import StageFailed
 from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
 
-STAGES: dict[str, Callable[..., StageResult]] = {
+# every stage flow is ``flow(config: <its StageConfig>, force: bool = False) -> StageResult``
+STAGES: dict[str, Callable[[StageConfig, bool], StageResult]] = {
     "download": download_flow,
     "filter": filter_flow,
     "frames": frames_flow,
@@ -43,24 +44,27 @@ def pipeline_flow(
     config: PipelineConfig,
     stages: list[str] | None = None,
     start: str | None = None,
-    force_train: bool = False,
+    force: list[str] | None = None,
 ) -> list[StageResult]:
-    """Holds the data_dir lock from the first stage to the last, so a second pipeline on the same data_dir waits
-    for all of this one and then finds everything done. A failed stage stops the chain and the pipeline raises
-    StageFailed with every stage's summary: its flow run ends Failed, as the stage's did."""
+    """Each stage gets its part of ``config`` (:meth:`PipelineConfig.stage`); the stages named in ``force`` redo
+    their work instead of keeping what is already done. Holds the data_dir lock from the first stage to the last,
+    so a second pipeline on the same data_dir waits for all of this one and then finds everything done. A failed
+    stage stops the chain and the pipeline raises StageFailed with every stage's summary: its flow run ends
+    Failed, as the stage's did."""
+    chosen = select_stages(stages, start)
+    if force:
+        select_stages(force)  # an unknown stage name in force is an error, not a silent no-op
     with data_dir_lock(config.data_dir, "run"):
-        return _pipeline(config, stages, start, force_train)
+        return _pipeline(config, chosen, set(force or ()))
 
 
-def _pipeline(config: PipelineConfig, stages: list[str] | None, start: str | None,
-              force_train: bool) -> list[StageResult]:
+def _pipeline(config: PipelineConfig, chosen: list[str], force: set[str]) -> list[StageResult]:
     logger = get_run_logger()
     summaries: list[StageResult] = []
     failure: StageFailed | None = None
-    for name in select_stages(stages, start):
-        stage = STAGES[name]
+    for name in chosen:
         try:
-            summary = stage(config, force=force_train) if name == "train" else stage(config)
+            summary = STAGES[name](config.stage(name), force=name in force)
         except StageFailed as e:
             failure, summary = e, e.summary
         summaries.append(summary)

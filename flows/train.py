@@ -11,7 +11,7 @@ import time
 from prefect import flow, get_run_logger
 
 from tasks import tracking
-from tasks.lib.config import PipelineConfig
+from tasks.lib.config import TrainStage
 from tasks.lib.errors import StageFailed, failed_summary, is_disk_full, disk_full_message
 from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
@@ -23,14 +23,14 @@ from tasks.train import (
 
 
 @flow(name="train", log_prints=True)
-def train_flow(config: PipelineConfig, force: bool = False) -> StageResult:
+def train_flow(config: TrainStage, force: bool = False) -> StageResult:
     uri = tracking.resolve_tracking_uri(config.mlflow)
     check_tracking_store(uri)
     with data_dir_lock(config.data_dir, "train"), tracking.store_lock(uri):
         return _train(config, force, uri)
 
 
-def _train(config: PipelineConfig, force: bool, uri: str) -> StageResult:
+def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
     from model.presets import describe
 
     logger = get_run_logger()
@@ -63,7 +63,7 @@ def _train(config: PipelineConfig, force: bool, uri: str) -> StageResult:
     return StageResult(stage="train", counts=counts, outputs=[res["tracking_uri"]], message=msg, result=res)
 
 
-def _train_and_register(config: PipelineConfig, info, key: str) -> dict:
+def _train_and_register(config: TrainStage, info, key: str) -> dict:
     """One MLflow run around three tasks: train (no retries), log, register (retried when the store is down)."""
     uri = tracking.use_store(config.mlflow)
     started = time.time()

@@ -18,11 +18,11 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.lib import download as core
 from tasks.lib.annotations import Clip, load_clips
-from tasks.lib.config import DownloadConfig, PipelineConfig
+from tasks.lib.config import DownloadConfig, DownloadStage
 
 
 @task(name="select-clips", cache_policy=NO_CACHE)
-def select_clips_task(config: PipelineConfig) -> list[Clip]:
+def select_clips_task(config: DownloadStage) -> list[Clip]:
     """Read every annotation CSV, validate rows, keep the configured classes/splits (``max_per_class`` each).
     Raises AnnotationError when a CSV is unusable or a class name is unknown (with the closest real names)."""
     logger = get_run_logger()
@@ -43,9 +43,10 @@ def _clip_run_name() -> str:
 
 
 @task(name="download-clip", cache_policy=NO_CACHE, task_run_name=_clip_run_name)
-def download_clip_task(clip: Clip, data_dir: Path, url_template: str, download: DownloadConfig) -> dict[str, Any]:
+def download_clip_task(clip: Clip, data_dir: Path, url_template: str, download: DownloadConfig,
+                       force: bool = False) -> dict[str, Any]:
     """One report row; never raises for a clip-level failure (the reason is in the row)."""
-    result = core.download_clip(clip, data_dir, url_template, download)
+    result = core.download_clip(clip, data_dir, url_template, download, force=force)
     logger = get_run_logger()
     if result.status == "failed":
         logger.warning("%s: failed (%s) after %d attempt(s): %s", result.clip_id or clip.youtube_id,

@@ -1,5 +1,5 @@
 """Prefect tasks of the filter stage: plan (what the previous report already settled), check one file, write
-the report. The check is CPU work (a full decode), so it runs on a thread pool of ``frames.workers`` threads,
+the report. The check is CPU work (a full decode), so it runs on a thread pool of ``filter.workers`` threads,
 one decoder thread each (PyAV releases the GIL while decoding)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.lib import filtering as core
-from tasks.lib.config import PipelineConfig
+from tasks.lib.config import FilterStage
 
 
 @dataclass
@@ -24,11 +24,12 @@ class FilterPlan:
 
 
 @task(name="plan-filter", cache_policy=NO_CACHE)
-def plan_filter(config: PipelineConfig) -> FilterPlan:
+def plan_filter(config: FilterStage, force: bool = False) -> FilterPlan:
     """Split the inputs into files to check and files whose previous verdict still holds (same size, mtime and
-    check version; or quarantined and not downloaded again): an unchanged re-run checks nothing."""
+    check version; or quarantined and not downloaded again): an unchanged re-run checks nothing. ``force``: no
+    previous verdict holds, every file on disk is checked again (quarantined files stay where they are)."""
     inputs = core.filter_inputs(config.data_dir, config.classes)
-    previous = core.previous_rows(config.reports_dir / "filter.csv")
+    previous = {} if force else core.previous_rows(config.reports_dir / "filter.csv")
     todo, reused, missing = [], [], []
     for item in inputs.items + inputs.missing:
         row = core.reusable_row(item, previous, Path(config.data_dir))

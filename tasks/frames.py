@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from model import dataset as dataset_format
 from model.atomic import atomic_write_text
 from tasks.lib import filtering, reports, sampling
-from tasks.lib.config import PipelineConfig, normalise_split
+from tasks.lib.config import FramesStage, normalise_split
 from tasks.lib.paths import UnsafePathError, label_slug, safe_join
 from tasks.lib.results import StageResult
 from tasks.lib.splits import SplitClip, assign_splits
@@ -72,19 +72,23 @@ def _result(job: ClipJob, status: str, *, reason: str = "", message: str = "", *
 
 
 @task(name="plan-frames", cache_policy=NO_CACHE)
-def plan_frames(config: PipelineConfig) -> FramesPlan:
-    """Kept clips of the configured classes from reports/filter.csv, split into to-do and already done."""
+def plan_frames(config: FramesStage, force: bool = False) -> FramesPlan:
+    """Kept clips of the configured classes from reports/filter.csv, split into to-do and already done
+    (``force``: nothing is done, every clip is sampled again)."""
     report = config.reports_dir / "filter.csv"
     if not report.is_file():
         raise FilterReportMissing(f"no {report}: run `vivit filter --config ...` first")
     params = sampling.sampling_params(config.frames.num_frames, config.frames.size)
     previous = dataset_format.previous_params(config.dataset_dir)
     changed = previous is not None and previous != params
-    prev_rows = {} if changed else dataset_format.previous_rows(config.dataset_dir)
+    redo = changed or force
+    prev_rows = {} if redo else dataset_format.previous_rows(config.dataset_dir)
     shape = (config.frames.num_frames, config.frames.size, config.frames.size, 3)
     plan = FramesPlan([], [], [], params, changed)
     if changed:
         plan.notes.append(f"sampling parameters changed ({previous} -> {params}): every clip is sampled again")
+    elif force:
+        plan.notes.append("force: every clip is sampled again")
     wanted, seen = set(config.classes), set()
     for row in reports.read_csv_rows(report):
         if row.get("status") != "kept" or row.get("label") not in wanted:
@@ -105,7 +109,7 @@ def plan_frames(config: PipelineConfig) -> FramesPlan:
         job = ClipJob(clip_id, row["label"], source, row["path"], dest, frames_rel, row)
         if not source.is_file():
             plan.failed.append(_result(job, "failed", reason="missing_source", message=f"{row['path']} is gone"))
-        elif not changed and sampling.npy_matches(dest, shape, source.stat().st_mtime_ns):
+        elif not redo and sampling.npy_matches(dest, shape, source.stat().st_mtime_ns):
             prev = prev_rows.get(frames_rel, {})
             # the previous row describes this very file only if it was written for the same source and the .npy
             # has not been rewritten since (an interrupted run can rewrite a .npy and never reach the manifest)
@@ -139,7 +143,7 @@ def _info_from(prev: dict[str, Any], row: dict[str, str]) -> dict[str, Any]:
             "width": num("width", int), "height": num("height", int)}
 
 
-def _source_for_manifest(config: PipelineConfig, source_rel: str) -> str:
+def _source_for_manifest(config: FramesStage, source_rel: str) -> str:
     """The source file relative to the dataset folder (``../raw/<class>/<clip>.mp4``), like every manifest path."""
     source = safe_join(config.data_dir, source_rel)
     return Path(os.path.relpath(source, config.dataset_dir.resolve())).as_posix()
@@ -179,7 +183,7 @@ class DatasetSummary:
 
 
 @task(name="write-dataset", cache_policy=NO_CACHE)
-def write_dataset(config: PipelineConfig, plan: FramesPlan, results: list[dict[str, Any]]) -> DatasetSummary:
+def write_dataset(config: FramesStage, plan: FramesPlan, results: list[dict[str, Any]]) -> DatasetSummary:
     """Assign splits over the clips that have frames, write manifest.parquet + dataset.json (atomically), the
     per-clip reports/frames.csv, and remove .npy files no longer in the manifest."""
     everything = plan.done + results + plan.failed
@@ -234,7 +238,7 @@ def prune_frames(dataset_dir: Path, keep: set[str]) -> list[str]:
     return removed
 
 
-def frames_summary(config: PipelineConfig, plan: FramesPlan, results: list[dict[str, Any]],
+def frames_summary(config: FramesStage, plan: FramesPlan, results: list[dict[str, Any]],
                    ds: DatasetSummary) -> StageResult:
     """The stage's counts and one-line message; failed when the dataset would be unusable (fewer than two classes
     with clips, or no training clip)."""

@@ -3,11 +3,11 @@ an unreachable MLflow server) fails at once, in one line that names the thing an
 :class:`~tasks.lib.errors.StageFailed`, so the flow run ends Failed with that line as its message."""
 from __future__ import annotations
 
-from tasks.lib.config import PipelineConfig
+from tasks.lib.config import FramesStage, TrainStage
 from tasks.lib.errors import DiskFullError, ServiceUnavailable, StageFailed, UserError, check_free_space, failed_summary
 
 
-def check_space_for_frames(config: PipelineConfig, clips_todo: int) -> None:
+def check_space_for_frames(config: FramesStage, clips_todo: int) -> None:
     """Each sampled clip is a ``(T, S, S, 3)`` uint8 array (the frames stage crashed with ``786432 requested and
     688000 written`` on a full disk and wrote no manifest)."""
     per_clip = config.frames.num_frames * config.frames.size ** 2 * 3 + 4096
@@ -22,7 +22,7 @@ def checkpoint_bytes(params: int) -> int:
     return params * 4 * 5 + 5_000_000
 
 
-def check_space_for_training(config: PipelineConfig, params: int | None) -> None:
+def check_space_for_training(config: TrainStage, params: int | None) -> None:
     if not params:
         return
     try:

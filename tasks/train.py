@@ -17,7 +17,7 @@ from model.dataset import DatasetError, DatasetInfo, load_dataset
 from model.options import stable_hash
 from tasks import tracking
 from tasks.lib import plots
-from tasks.lib.config import PipelineConfig
+from tasks.lib.config import TrainStage
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -37,7 +37,7 @@ def read_dataset_info(dataset_dir: Path) -> DatasetInfo:
     return info
 
 
-def train_key(config: PipelineConfig, dataset_info: DatasetInfo) -> str:
+def train_key(config: TrainStage, dataset_info: DatasetInfo) -> str:
     """What determines the trained model: the dataset's content fingerprint, the training options and the seed.
     The same key means training again would reproduce the registered model."""
     return stable_hash({"dataset": dataset_info.fingerprint, "train": config.train.determining(),
@@ -45,7 +45,7 @@ def train_key(config: PipelineConfig, dataset_info: DatasetInfo) -> str:
 
 
 @task(name="find-reusable-run")
-def find_reusable_run(config: PipelineConfig, key: str) -> dict[str, Any] | None:
+def find_reusable_run(config: TrainStage, key: str) -> dict[str, Any] | None:
     """The stage's result for a registered run with the same training key, in the shape training returns."""
     uri = tracking.use_store(config.mlflow)
     found = tracking.find_reusable_run(config.mlflow.experiment, key, config.mlflow.model_name)
@@ -57,7 +57,7 @@ def find_reusable_run(config: PipelineConfig, key: str) -> dict[str, Any] | None
                          "aliases": tracking.aliases(name)}}
 
 
-def summary_message(config: PipelineConfig, res: dict[str, Any]) -> str:
+def summary_message(config: TrainStage, res: dict[str, Any]) -> str:
     """One line for the CLI and the pipeline table: the scores with their 95% intervals (a val split of a few
     dozen clips moves accuracy by several points per clip, so a bare number overstates what is known)."""
     m = res["metrics"]
@@ -119,9 +119,10 @@ def _view_dict(view: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(view).items()}
 
 
-def _log_inputs(config: PipelineConfig, dataset_info: DatasetInfo) -> None:
-    """What determines the model (what train_key hashes) as params; the whole config as config.yaml; the manifest
-    as the run's dataset."""
+def _log_inputs(config: TrainStage, dataset_info: DatasetInfo) -> None:
+    """What determines the model (what train_key hashes) as params; the stage's config as config.yaml and the
+    dataset's own description (``dataset.json``: classes, sampling, fingerprint) as dataset.json; the manifest as
+    the run's dataset."""
     from model.presets import describe
 
     view = config.train.view
@@ -140,6 +141,7 @@ def _log_inputs(config: PipelineConfig, dataset_info: DatasetInfo) -> None:
         "split_counts": dataset_info.split_counts,
     })
     tracking.log_config(config)
+    tracking.log_dict(dataset_info.meta, "dataset.json")
     tracking.log_dataset(dataset_info, "kinetics-frames")
 
 
@@ -175,7 +177,7 @@ def _log_report(result: Any, classes: list[str], out: Path) -> None:
     tracking.log_dict(report, "report/classification_report.json")
 
 
-def _package(result: Any, config: PipelineConfig, dataset_info: DatasetInfo, key: str) -> str:
+def _package(result: Any, config: TrainStage, dataset_info: DatasetInfo, key: str) -> str:
     """Log the classifier (with the trained view: a pretrained start brings its checkpoint's mean/std); its URI."""
     from model.predict import VideoClassifier
 
@@ -188,7 +190,7 @@ def _package(result: Any, config: PipelineConfig, dataset_info: DatasetInfo, key
     return tracking.log_classifier(classifier, metadata=metadata)
 
 
-def _summary_artifacts(config: PipelineConfig, final: dict[str, float], reg: Any, result: Any, classes: list[str]) -> None:
+def _summary_artifacts(config: TrainStage, final: dict[str, float], reg: Any, result: Any, classes: list[str]) -> None:
     rows = [{"metric": k, "value": round(float(v), 4)} for k, v in final.items()]
     rows += [{"metric": f"registry {k}", "value": str(v)} for k, v in reg.as_dict().items()]
     create_table_artifact(rows, key="train-summary", description=f"training {config.train.model} on {len(classes)} classes")
@@ -201,7 +203,7 @@ def _summary_artifacts(config: PipelineConfig, final: dict[str, float], reg: Any
                               description=f"misclassified test clips ({len(wrong)} shown, most confident first)")
 
 
-def run_tags(config: PipelineConfig, dataset_info: DatasetInfo, key: str) -> dict[str, str]:
+def run_tags(config: TrainStage, dataset_info: DatasetInfo, key: str) -> dict[str, str]:
     """The MLflow run's tags: the training key (what reuse looks up), the Prefect flow run, preset and dataset."""
     return {
         "train_key": key,
@@ -213,7 +215,7 @@ def run_tags(config: PipelineConfig, dataset_info: DatasetInfo, key: str) -> dic
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
-def train_model(config: PipelineConfig, dataset_info: DatasetInfo, key: str, run_id: str) -> Any:
+def train_model(config: TrainStage, dataset_info: DatasetInfo, key: str, run_id: str) -> Any:
     """Log the inputs, then ``fit``, every epoch reported to the MLflow run and the Prefect UI. No retries: a
     failed training is a bug to read (an interrupted one resumes from ``last.pt`` on the next run)."""
     from model.training import fit
@@ -225,7 +227,7 @@ def train_model(config: PipelineConfig, dataset_info: DatasetInfo, key: str, run
 
 
 @task(name="log-training", cache_policy=NO_CACHE)
-def log_training(config: PipelineConfig, dataset_info: DatasetInfo, key: str, result: Any,
+def log_training(config: TrainStage, dataset_info: DatasetInfo, key: str, result: Any,
                  started: float) -> tuple[dict[str, float], str]:
     """The final metrics, the report and plots, and the packaged classifier, into the active run. Returns the
     metrics and the logged model's URI."""
@@ -243,7 +245,7 @@ def _store_down(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_store_down)
-def register_model(config: PipelineConfig, model_uri: str, run_id: str, score: float) -> Any:
+def register_model(config: TrainStage, model_uri: str, run_id: str, score: float) -> Any:
     """A new version (or this run's, on a retry) with alias challenger; champion when its score beats the
     incumbent's."""
     reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, score)
@@ -252,7 +254,7 @@ def register_model(config: PipelineConfig, model_uri: str, run_id: str, score: f
 
 
 @task(name="training-summary", cache_policy=NO_CACHE)
-def training_summary(config: PipelineConfig, dataset_info: DatasetInfo, run_id: str, uri: str,
+def training_summary(config: TrainStage, dataset_info: DatasetInfo, run_id: str, uri: str,
                      final: dict[str, float], reg: Any, result: Any) -> dict[str, Any]:
     """The stage's record of the trained run (the same shape a reused run gives) and its UI artifacts."""
     classes = list(dataset_info.classes)

@@ -24,6 +24,8 @@ def test_bad_config_key_exits_2_naming_the_key(tmp_path, capsys):
 def test_unknown_stage_exits_2_before_any_work(tmp_path, capsys):
     assert main(["run", "--set", f"data_dir={tmp_path}", "--stages", "download,trian"]) == EXIT_USAGE
     assert "unknown stage(s) ['trian']" in capsys.readouterr().err
+    assert main(["run", "--set", f"data_dir={tmp_path}", "--force", "frames,fram"]) == EXIT_USAGE
+    assert "unknown stage(s) ['fram']" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -46,6 +48,12 @@ def test_demo_data_then_download_and_an_unknown_class(prefect_harness, tmp_path)
     assert ok.returncode == EXIT_OK, ok.stderr[-2000:]
     assert "== download: ok" in ok.stdout and "downloaded  5" in ok.stdout
     assert set(pd.read_csv(tmp_path / "data" / "reports" / "download.csv")["status"]) == {"downloaded"}
+    # the flow run got only the download stage's part of the config
+    assert set(_last_flow_run("download").parameters["config"]) == {
+        "data_dir", "annotations", "classes", "splits", "max_per_class", "url_template", "download", "cluster"}
+    assert "downloaded  0" in _vivit(["download", *common]).stdout  # all there: nothing to do
+    again = _vivit(["download", *common, "--force"])
+    assert again.returncode == EXIT_OK and "downloaded  5" in again.stdout, again.stderr[-2000:]
     # a misspelt class: a user error (exit 2), the summary suggests the real name, no traceback, and the flow
     # run ends Failed in Prefect (not a green Completed)
     bad = _vivit(["download", *common, "--set", "classes=[dribling basketball, dunking basketball]"])
@@ -56,6 +64,10 @@ def test_demo_data_then_download_and_an_unknown_class(prefect_harness, tmp_path)
 
 
 def _last_flow_run_state(flow_name: str) -> str:
+    return _last_flow_run(flow_name).state.type.name
+
+
+def _last_flow_run(flow_name: str):
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -66,7 +78,7 @@ def _last_flow_run_state(flow_name: str) -> str:
         async with get_client() as client:
             runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
                                                sort=FlowRunSort.START_TIME_DESC, limit=1)
-            return runs[0].state.type.name
+            return runs[0]
 
     return asyncio.run(query())
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lib.config import KINETICS_ANNOTATIONS, ConfigError, PipelineConfig, load_config
+from tasks.lib.config import KINETICS_ANNOTATIONS, STAGE_CONFIGS, ConfigError, PipelineConfig, StageConfig, load_config
 
 
 def test_defaults_match_the_issue():
@@ -89,3 +89,33 @@ def test_every_config_key_is_documented_in_the_readme_and_the_ui_form():
     assert len(keys) > 30
     assert [k for k in keys if f"| `{k}` |" not in readme] == []
     assert [k for k, f in keys.items() if not f.description] == []
+
+
+def test_each_stage_takes_only_the_keys_it_reads():
+    """Every key is defined once (PipelineConfig has them all); a stage's flow takes the subset it reads, with the
+    same definition, and a whole config given to it is narrowed to that subset."""
+    import typing
+
+    from flows.pipeline import STAGES
+
+    cfg = load_config(None, ["data_dir=d", "seed=5", "filter.workers=3", "cluster.engine=dask"])
+    reads = {"download": {"annotations", "classes", "splits", "max_per_class", "url_template", "download", "cluster"},
+             "filter": {"classes", "filter", "cluster"}, "frames": {"classes", "seed", "frames", "cluster"},
+             "train": {"seed", "train", "mlflow"}}
+    assert set(STAGE_CONFIGS) == set(STAGES) == set(reads)
+    for name, stage in STAGE_CONFIGS.items():
+        assert set(stage.model_fields) == {"data_dir"} | reads[name]
+        for key, field in stage.model_fields.items():
+            assert repr(field) == repr(PipelineConfig.model_fields[key]), (name, key)
+        part = cfg.stage(name)
+        assert type(part) is stage and part.model_dump() == cfg.model_dump(include=set(stage.model_fields))
+        assert stage.model_validate(cfg) == part  # what a flow called with the whole config receives
+        assert typing.get_type_hints(STAGES[name].fn)["config"] is stage
+        assert list(typing.get_type_hints(STAGES[name].fn)) == ["config", "force", "return"]
+    assert cfg.stage("filter").filter.workers == 3 and cfg.stage("train").seed == 5
+    assert cfg.stage("download").raw_dir == cfg.raw_dir == Path("d/raw")
+    with pytest.raises(ValueError, match="unknown stage 'fram'"):
+        cfg.stage("fram")
+    with pytest.raises(ValueError, match="frames"):  # a stage's config refuses keys it does not read
+        STAGE_CONFIGS["train"].model_validate({"frames": {"num_frames": 8}})
+    assert issubclass(STAGE_CONFIGS["train"], StageConfig)

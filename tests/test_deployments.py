@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tasks.lib.config import PipelineConfig, load_config
+from tasks.lib.config import STAGE_CONFIGS, PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -30,8 +30,18 @@ def test_prefect_yaml_mirrors_demo_config():
         assert d["work_pool"]["name"] == "vivit-process"
         module, func = d["entrypoint"].split(":")
         assert (ROOT / module).is_file() and f"def {func}(" in (ROOT / module).read_text()
-        if "config" in d["parameters"]:
-            assert PipelineConfig.model_validate(d["parameters"]["config"]) == load_config(ROOT / "configs/demo.yaml")
+        demo = load_config(ROOT / "configs/demo.yaml")
+        if d["name"] == "pipeline":
+            assert PipelineConfig.model_validate(d["parameters"]["config"]) == demo
+        elif "config" in d["parameters"]:  # a stage: exactly the keys it reads, with the demo's values
+            stage = STAGE_CONFIGS[d["name"]]
+            assert stage.model_validate(d["parameters"]["config"]) == demo.stage(d["name"])
+            assert set(d["parameters"]["config"]) <= set(stage.model_fields)
+        import importlib
+        import inspect
+
+        flow = getattr(importlib.import_module(module.replace("/", ".").removesuffix(".py")), func)
+        assert set(d["parameters"]) <= set(inspect.signature(flow.fn).parameters), d["name"]
 
 
 def _free_port() -> int:

@@ -234,6 +234,24 @@ def test_rerun_skips_and_deleting_one_clip_redoes_only_it(server, tmp_path):
     assert_exact_window(paths[1], 4.0, 6.0)
 
 
+def test_force_downloads_again_and_keeps_the_copy_when_that_fails(server, tmp_path):
+    c = clip("vid00000001", 1, 3)
+    first = dl.download_clip(c, tmp_path, server.template(), cfg())
+    path = tmp_path / first.path
+    mtime = path.stat().st_mtime_ns
+    server.reset_hits()
+    again = dl.download_clip(c, tmp_path, server.template(), cfg(), force=True)
+    assert again.status == "downloaded" and server.hits("/files/vid00000001.mp4") > 0
+    assert path.stat().st_mtime_ns != mtime
+    assert_exact_window(path, 1.0, 3.0)
+    # the source is gone now: the forced download fails, and the valid copy stays, with the reason in the row
+    before = path.read_bytes()
+    lost = dl.download_clip(c, tmp_path, server.template("404"), cfg(), force=True)
+    assert lost.status == "skipped" and lost.path == first.path, lost
+    assert "kept the copy already here" in lost.message and "http_error" in lost.message
+    assert path.read_bytes() == before and leftovers(tmp_path) == []
+
+
 def test_invalid_existing_file_is_replaced(server, tmp_path):
     final = dl.clip_path(tmp_path, clip())
     final.parent.mkdir(parents=True)

@@ -60,16 +60,19 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 
 HOLD = """
-import sys, time
+import os, sys, time
 from tasks.lib.locks import exclusive
 with exclusive(sys.argv[1], "data_dir X", command="holder"):
     print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
+    end = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < end and not (len(sys.argv) > 3 and os.path.exists(sys.argv[3])):
+        time.sleep(0.05)
 """
 
 
-def _holder(path: Path, seconds: float) -> subprocess.Popen:
-    p = _python(HOLD, str(path), str(seconds))
+def _holder(path: Path, seconds: float, release: Path | None = None) -> subprocess.Popen:
+    """Holds the lock for ``seconds``, or until the file ``release`` exists."""
+    p = _python(HOLD, str(path), str(seconds), *([str(release)] if release else []))
     assert p.stdout.readline().strip() == "held", p.stderr.read()
     return p
 
@@ -144,6 +147,20 @@ def _vivit(args: list[str], *, api: bool = True, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+def _collect(proc: subprocess.Popen) -> tuple[list[str], list[str]]:
+    """stdout and stderr lines as they come, and the threads that drain both pipes (so a chatty process never
+    blocks on a full pipe)."""
+    import threading
+
+    out: list[str] = []
+    err: list[str] = []
+    threads = [threading.Thread(target=lambda s=stream, acc=acc: acc.extend(iter(s.readline, "")), daemon=True)
+               for stream, acc in ((proc.stdout, out), (proc.stderr, err))]
+    for t in threads:
+        t.start()
+    return out, err, threads
+
+
 def _common(tmp_path: Path, demo_source) -> list[str]:
     src, csv = demo_source
     return ["--set", f"data_dir={tmp_path / 'data'}", "--set", f"annotations={csv}",
@@ -154,14 +171,26 @@ def _common(tmp_path: Path, demo_source) -> list[str]:
 def test_two_concurrent_downloads_end_cleanly_and_a_third_redoes_nothing(prefect_harness, tmp_path, demo_source):
     common = _common(tmp_path, demo_source)
     (tmp_path / "data").mkdir()
-    # a third process holds the data_dir for a few seconds, so that both downloads surely start while it is busy
-    # (on an idle machine one download can otherwise end before the other asks for the lock)
-    gate = _holder(tmp_path / "data" / ".vivit.lock", 8)
+    # a third process holds the data_dir until both downloads wait for it, so that they surely overlap (on an idle
+    # machine one download can otherwise end before the other asks for the lock; on a loaded one both can start
+    # after a fixed hold)
+    release = tmp_path / "release"
+    gate = _holder(tmp_path / "data" / ".vivit.lock", 240, release)
     a, b = _vivit(["download", *common]), _vivit(["download", *common])
-    outs = [p.communicate(timeout=300) for p in (a, b)]
-    gate.wait()
+    streams = [_collect(p) for p in (a, b)]
+    deadline = time.monotonic() + 240
+    while not all("waiting for it to finish" in "".join(err) for _, err, _ in streams) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    release.touch()
+    gate.wait(timeout=30)
+    for p in (a, b):
+        p.wait(timeout=300)
+    for *_, threads in streams:
+        for t in threads:
+            t.join(timeout=30)
+    outs = [("".join(out), "".join(err)) for out, err, _ in streams]
     assert [a.returncode, b.returncode] == [0, 0], [o[1][-2000:] for o in outs]
-    assert any("waiting for it to finish" in err for _, err in outs), [err[-1000:] for _, err in outs]
+    assert all("waiting for it to finish" in err for _, err in outs), [(o[-3000:], err[-1000:]) for o, err in outs]
     downloaded = [int(line.split()[-1]) for out, _ in outs for line in out.splitlines()
                   if line.strip().startswith("downloaded ")]
     assert sorted(downloaded) == [0, 6], downloaded  # every clip fetched once, by one of them

@@ -122,6 +122,16 @@ def test_filter_then_frames_and_re_runs(tmp_path, prefect_harness):
     assert npy_mtimes(data) == before
     assert json.loads((ds / "dataset.json").read_text())["fingerprint"] == meta["fingerprint"]
 
+    # -- force redoes one stage's work and nothing else: every file checked, then every clip sampled -------------
+    s = filter_flow(cfg.stage("filter"), force=True)
+    assert (s["counts"]["checked"], s["counts"]["kept"], s["counts"]["quarantined"]) == (11, 11, 1)
+    assert npy_mtimes(data) == before
+    s = frames_flow(cfg.stage("frames"), force=True)
+    assert (s["counts"]["sampled"], s["counts"]["already_done"]) == (11, 0)
+    assert npy_mtimes(data).keys() == before.keys() and all(npy_mtimes(data)[k] != v for k, v in before.items())
+    assert json.loads((ds / "dataset.json").read_text())["fingerprint"] == meta["fingerprint"]  # same pixels
+    before = npy_mtimes(data)
+
     # -- deleting one .npy redoes only that clip -----------------------------------------------------------------
     victim = ds / man.frames_path.iloc[0]
     victim.unlink()

@@ -64,7 +64,11 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     assert not [k for k in run.data.params if k.startswith(("download.", "mlflow.", "config.", "train.device"))]
     saved = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "cfg")))
                            .read_text())
-    assert saved["download"]["allow_file_urls"] is True and saved["train"]["epochs"] == 2
+    # the train stage's config: the keys it reads (the data's own settings travel in the dataset input)
+    assert set(saved) == {"data_dir", "seed", "train", "mlflow"} and saved["train"]["epochs"] == 2
+    described = json.loads(Path(client.download_artifacts(run.info.run_id, "dataset.json", str(tmp_path / "ds")))
+                           .read_text())
+    assert described == json.loads((cfg.dataset_dir / "dataset.json").read_text())
     assert run.data.tags["prefect.flow_run_id"]
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40 and run.data.tags["code.version"]
     experiment = client.get_experiment(run.info.experiment_id)
@@ -116,3 +120,11 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     after = _mtimes(cfg.dataset_dir / "frames")
     changed = [p for p in after if after[p] != data_before.get(p)]
     assert changed == [victim]
+
+    # force: the frames stage samples every clip again; the same pixels give the same dataset, so training is reused
+    frames_again, train_again = pipeline_flow(cfg, stages=["frames", "train"], force=["frames"])
+    assert (frames_again["counts"]["sampled"], frames_again["counts"]["already_done"]) == (12, 0)
+    assert all(t != after[p] for p, t in _mtimes(cfg.dataset_dir / "frames").items())
+    assert train_again["result"]["reused"] is True and len(client.search_model_versions("name = 'e2e'")) == 2
+    with pytest.raises(ValueError, match="unknown stage"):
+        pipeline_flow(cfg, stages=["frames"], force=["frame"])

@@ -154,6 +154,15 @@ def test_the_pipeline_config_follows_the_checkpoint(videomae_ckpt, vit_ckpt, tmp
             load_config(None, [*rgb, bad])
     again = type(cfg).model_validate(cfg.model_dump(mode="json"))  # what a Prefect parameter round trip does
     assert (again.frames.num_frames, again.train.view_frames, again.frames.size) == (8, T, S)
+    # the train stage run alone (its deployment's form holds only its keys) follows the checkpoint too
+    from pydantic import ValidationError
+
+    from tasks.lib.config import TrainStage
+
+    assert TrainStage.model_validate({"train": {"input": "rgb", "init": folder}}).train.view_frames == T
+    assert cfg.stage("train").train.view_frames == T
+    with pytest.raises(ValidationError, match="train.view_frames is 2"):
+        TrainStage.model_validate({"train": {"input": "rgb", "init": folder, "view_frames": 2}})
     # an image ViT: its size unless set (any size loads, the position grid is interpolated); frames are the user's
     vit = ["train.input=rgb", f"train.init={vit_ckpt[0]}"]
     assert load_config(None, vit).frames.size == S and load_config(None, [*vit, "frames.size=64"]).frames.size == 64

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from model.options import TrainOptions, stable_hash
 from .errors import UserError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator,
+)
 
 DEFAULT_CLASSES = ["dribbling basketball", "dunking basketball"]
 YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={youtube_id}"
@@ -103,6 +105,10 @@ class ClusterConfig(_Strict):
     shard_size: int = Field(50, ge=1, le=100_000, description="clips per Dask task")
 
 
+class FilterConfig(_Strict):
+    workers: int = Field(2, ge=1, le=64, description="clips checked at once (a full decode each, one thread per clip)")
+
+
 class MlflowConfig(_Strict):
     tracking_uri: str | None = Field(
         None, description="null: $MLFLOW_TRACKING_URI, else an embedded SQLite store under the work dir"
@@ -111,78 +117,71 @@ class MlflowConfig(_Strict):
     model_name: str = Field("vivit-kinetics", description="registered model name (aliases challenger/champion)")
 
 
-class PipelineConfig(_Strict):
-    data_dir: Path = Field(Path("data"), description="everything the stages write lives under here")
-    annotations: list[str] = Field(
-        default_factory=lambda: [KINETICS_ANNOTATIONS["k400:train"], KINETICS_ANNOTATIONS["k400:val"]],
-        description="Kinetics CSV paths or URLs, or aliases such as k400:train, k700:val",
-    )
-    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES), description="Kinetics label names")
-    splits: list[str] | None = Field(None, description="CSV splits to take (train/val/test); null = all")
-    max_per_class: int | None = Field(None, ge=1, description="cap per class (first rows of the CSVs)")
-    url_template: str = Field(YOUTUBE_URL_TEMPLATE, description="where a youtube_id is fetched from")
-    seed: int = Field(0, description="splits, initialisation, shuffling, augmentation")
-    download: DownloadConfig = Field(default_factory=DownloadConfig)
-    frames: FramesConfig = Field(default_factory=FramesConfig)
-    train: TrainOptions = Field(default_factory=TrainOptions)
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+def _one_or_many(v: Any) -> Any:
+    return [v] if isinstance(v, (str, Path)) else v
 
-    @model_validator(mode="after")
-    def _views_fit_the_frames(self) -> "PipelineConfig":
-        if self.train.init:
-            follow_the_checkpoint(self)
-        try:
-            self.train.view.check_stored(self.frames.num_frames)
-        except ValueError as e:
-            raise ValueError(f"frames.num_frames / train.view_frames: {e}") from None
-        return self
 
-    @field_validator("annotations", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, (str, Path)) else v
+def _resolve_aliases(v: list[str]) -> list[str]:
+    if not v:
+        raise ValueError("annotations needs at least one CSV path or URL")
+    return [KINETICS_ANNOTATIONS.get(str(a), str(a)) for a in v]
 
-    @field_validator("annotations")
-    @classmethod
-    def _resolve_aliases(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("annotations needs at least one CSV path or URL")
-        return [KINETICS_ANNOTATIONS.get(str(a), str(a)) for a in v]
 
-    @field_validator("classes")
-    @classmethod
-    def _classes(cls, v: list[str]) -> list[str]:
-        v = [c.strip() for c in v]
-        if len(v) < 2:
-            raise ValueError("classes needs at least two class names")
-        if len(set(v)) != len(v):
-            raise ValueError(f"classes has duplicates: {v}")
+def _check_classes(v: list[str]) -> list[str]:
+    v = [c.strip() for c in v]
+    if len(v) < 2:
+        raise ValueError("classes needs at least two class names")
+    if len(set(v)) != len(v):
+        raise ValueError(f"classes has duplicates: {v}")
+    return v
+
+
+def _check_splits(v: list[str] | None) -> list[str] | None:
+    if v is None:
         return v
+    out = [normalise_split(s) for s in v]
+    bad = [s for s in out if s not in {"train", "val", "test"}]
+    if bad:
+        raise ValueError(f"unknown splits {bad}; use train, val (or validate), test")
+    return out
 
-    @field_validator("splits")
-    @classmethod
-    def _splits(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return v
-        out = [normalise_split(s) for s in v]
-        bad = [s for s in out if s not in {"train", "val", "test"}]
-        if bad:
-            raise ValueError(f"unknown splits {bad}; use train, val (or validate), test")
-        return out
 
-    @field_validator("url_template")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        if "{youtube_id}" not in v:
-            raise ValueError("url_template must contain '{youtube_id}'")
-        # ``file://data/x/{youtube_id}.mp4`` (no third slash) means a path relative to the working directory,
-        # which yt-dlp cannot take: make it absolute here, once, where the cwd is the user's.
-        if v.startswith("file://") and not v.startswith("file:///"):
-            v = "file://" + str(Path.cwd() / v[len("file://"):])
-        return v
+def _check_template(v: str) -> str:
+    if "{youtube_id}" not in v:
+        raise ValueError("url_template must contain '{youtube_id}'")
+    # ``file://data/x/{youtube_id}.mp4`` (no third slash) means a path relative to the working directory,
+    # which yt-dlp cannot take: make it absolute here, once, where the cwd is the user's.
+    if v.startswith("file://") and not v.startswith("file:///"):
+        v = "file://" + str(Path.cwd() / v[len("file://"):])
+    return v
 
-    # -- derived locations: every stage reads and writes under data_dir only ---------------------------
+
+# -- every top-level key, defined once: PipelineConfig has them all, each stage's config the ones it uses -----------
+DataDir = Annotated[Path, Field(Path("data"), description="everything the stages write lives under here")]
+Annotations = Annotated[list[str], BeforeValidator(_one_or_many), AfterValidator(_resolve_aliases), Field(
+    default_factory=lambda: [KINETICS_ANNOTATIONS["k400:train"], KINETICS_ANNOTATIONS["k400:val"]],
+    description="Kinetics CSV paths or URLs, or aliases such as k400:train, k700:val")]
+Classes = Annotated[list[str], AfterValidator(_check_classes),
+                    Field(default_factory=lambda: list(DEFAULT_CLASSES), description="Kinetics label names")]
+Splits = Annotated[list[str] | None, AfterValidator(_check_splits),
+                   Field(None, description="CSV splits to take (train/val/test); null = all")]
+MaxPerClass = Annotated[int | None, Field(None, ge=1, description="cap per class (first rows of the CSVs)")]
+UrlTemplate = Annotated[str, AfterValidator(_check_template),
+                        Field(YOUTUBE_URL_TEMPLATE, description="where a youtube_id is fetched from")]
+Seed = Annotated[int, Field(0, description="splits, initialisation, shuffling, augmentation")]
+Download = Annotated[DownloadConfig, Field(default_factory=DownloadConfig)]
+Filter = Annotated[FilterConfig, Field(default_factory=FilterConfig)]
+Frames = Annotated[FramesConfig, Field(default_factory=FramesConfig)]
+Train = Annotated[TrainOptions, Field(default_factory=TrainOptions)]
+Mlflow = Annotated[MlflowConfig, Field(default_factory=MlflowConfig)]
+Cluster = Annotated[ClusterConfig, Field(default_factory=ClusterConfig)]
+
+
+class _Locations:
+    """Derived locations: every stage reads and writes under ``data_dir`` only."""
+
+    data_dir: Path
+
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
@@ -200,6 +199,100 @@ class PipelineConfig(_Strict):
         return self.data_dir / "dataset"
 
 
+class PipelineConfig(_Locations, _Strict):
+    """The whole YAML file: what ``vivit run`` and the pipeline flow take. Each stage flow takes only its part
+    (:meth:`stage`)."""
+
+    data_dir: DataDir
+    annotations: Annotations
+    classes: Classes
+    splits: Splits
+    max_per_class: MaxPerClass
+    url_template: UrlTemplate
+    seed: Seed
+    download: Download
+    filter: Filter
+    frames: Frames
+    train: Train
+    mlflow: Mlflow
+    cluster: Cluster
+
+    @model_validator(mode="after")
+    def _views_fit_the_frames(self) -> "PipelineConfig":
+        if self.train.init:
+            follow_the_checkpoint(self)
+        try:
+            self.train.view.check_stored(self.frames.num_frames)
+        except ValueError as e:
+            raise ValueError(f"frames.num_frames / train.view_frames: {e}") from None
+        return self
+
+    def stage(self, name: str) -> "StageConfig":
+        """The sections stage ``name`` uses, sharing this config's values."""
+        try:
+            return STAGE_CONFIGS[name].model_validate(self)
+        except KeyError:
+            raise ValueError(f"unknown stage {name!r}; stages are {list(STAGE_CONFIGS)}") from None
+
+
+class StageConfig(_Locations, _Strict):
+    """One stage's parameters: only the top-level keys it uses (the Prefect form of its deployment shows just
+    those). A whole :class:`PipelineConfig` is accepted too, and narrowed to them."""
+
+    data_dir: DataDir
+
+    @model_validator(mode="before")
+    @classmethod
+    def _narrow(cls, v: Any) -> Any:
+        if isinstance(v, PipelineConfig):
+            return {k: getattr(v, k) for k in cls.model_fields}
+        return v
+
+
+class DownloadStage(StageConfig):
+    annotations: Annotations
+    classes: Classes
+    splits: Splits
+    max_per_class: MaxPerClass
+    url_template: UrlTemplate
+    download: Download
+    cluster: Cluster
+
+
+class FilterStage(StageConfig):
+    classes: Classes
+    filter: Filter
+    cluster: Cluster
+
+
+class FramesStage(StageConfig):
+    classes: Classes
+    seed: Seed
+    frames: Frames
+    cluster: Cluster
+
+
+class TrainStage(StageConfig):
+    seed: Seed
+    train: Train
+    mlflow: Mlflow
+
+    @model_validator(mode="after")
+    def _view_follows_the_checkpoint(self) -> "TrainStage":
+        # run alone (a deployment's form), the view still follows the checkpoint, or agrees with it
+        if self.train.init:
+            from model.pretrained import checkpoint_input
+
+            src = checkpoint_input(self.train.init)
+            _train_follows(self.train, src, f"checkpoint {self.train.init} ({src.kind}) was trained on")
+        return self
+
+
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "download": DownloadStage, "filter": FilterStage, "frames": FramesStage, "train": TrainStage,
+}
+
+
 def follow_the_checkpoint(cfg: PipelineConfig) -> None:
     """With ``train.init`` the checkpoint decides the data: ``frames.num_frames``, ``train.view_frames`` and
     ``frames.size`` the user left out take the checkpoint's frames and size, so the frames stage stores what the
@@ -209,16 +302,13 @@ def follow_the_checkpoint(cfg: PipelineConfig) -> None:
     from model.pretrained import checkpoint_input
 
     src = checkpoint_input(cfg.train.init)
-    given_frames, given_train = cfg.frames.model_fields_set, cfg.train.model_fields_set
     what = f"checkpoint {cfg.train.init} ({src.kind}) was trained on"
+    given_frames = cfg.frames.model_fields_set
     if src.frames is not None:
-        if "view_frames" in given_train and cfg.train.view_frames != src.frames:
-            raise ValueError(f"{what} {src.frames} frames per clip, but train.view_frames is {cfg.train.view_frames}: "
-                             f"set it to {src.frames} or leave it out (it then follows the checkpoint)")
+        _train_follows(cfg.train, src, what)
         if "num_frames" in given_frames and cfg.frames.num_frames < src.frames:
             raise ValueError(f"{what} {src.frames} frames per clip, but frames.num_frames is {cfg.frames.num_frames}: "
                              f"store at least {src.frames} or leave it out (it then follows the checkpoint)")
-        cfg.train.view_frames = src.frames
         if "num_frames" not in given_frames:
             cfg.frames.num_frames = src.frames
     if "size" not in given_frames:
@@ -226,6 +316,16 @@ def follow_the_checkpoint(cfg: PipelineConfig) -> None:
     elif src.size_fixed and cfg.frames.size != src.size:
         raise ValueError(f"{what} {src.size}x{src.size} frames, but frames.size is {cfg.frames.size}: set it to "
                          f"{src.size} or leave it out (it then follows the checkpoint)")
+
+
+def _train_follows(train: TrainOptions, src: Any, what: str) -> None:
+    """``train.view_frames``: the checkpoint's frames per clip unless the user set it (then it must agree)."""
+    if src.frames is None:
+        return
+    if "view_frames" in train.model_fields_set and train.view_frames != src.frames:
+        raise ValueError(f"{what} {src.frames} frames per clip, but train.view_frames is {train.view_frames}: "
+                         f"set it to {src.frames} or leave it out (it then follows the checkpoint)")
+    train.view_frames = src.frames
 
 
 def normalise_split(s: str) -> str:

@@ -204,15 +204,17 @@ def download_clip(
     url_template: str,
     cfg: DownloadConfig,
     *,
+    force: bool = False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ClipResult:
-    """Download one clip unless a valid copy is already there; never raises for a clip-level problem.
+    """Download one clip unless a valid copy is already there (``force``: download it again, and keep the copy
+    when that fails); never raises for a clip-level problem.
 
     Transient failures (:data:`TRANSIENT`) are retried ``cfg.retries`` times after ``backoff_delays``; any other
     reason fails at once (a 404 or a private video will not change in a minute). Anything unexpected about one
     clip (an odd row, a disk that filled up, a bug) becomes that clip's report row, never a crashed stage."""
     try:
-        return _download_clip(clip, data_dir, url_template, cfg, sleep=sleep)
+        return _download_clip(clip, data_dir, url_template, cfg, force=force, sleep=sleep)
     except Exception as e:  # noqa: BLE001 - row-level isolation: the reason and message go into the report
         reason = classify_error(e)
         msg = clean_message(f"{type(e).__name__}: {e}")
@@ -222,14 +224,15 @@ def download_clip(
 
 
 def _download_clip(clip: Clip, data_dir: str | os.PathLike, url_template: str, cfg: DownloadConfig, *,
-                   sleep: Callable[[float], None]) -> ClipResult:
+                   force: bool, sleep: Callable[[float], None]) -> ClipResult:
     t0 = time.monotonic()
     try:
         final = clip_path(data_dir, clip)
     except (UnsafePathError, OverflowError, OSError) as e:
         return _result(clip, "failed", reason="unsafe_path", message=str(e))
     rel = final.relative_to(Path(data_dir).resolve()).as_posix()
-    if final.is_file() and video_problem(final) is None:
+    have_copy = final.is_file() and video_problem(final) is None
+    if have_copy and not force:
         return _result(clip, "skipped", path=rel, message="already downloaded")
     # The filter moved an earlier copy to quarantine/: downloading it again on every run would only repeat the
     # same rejection, so it stays a recorded failure until the user deletes the quarantined file.
@@ -254,6 +257,9 @@ def _download_clip(clip: Clip, data_dir: str | os.PathLike, url_template: str, c
             if is_transient(f.reason) and attempt <= len(delays):
                 sleep(delays[attempt - 1])
                 continue
+            if have_copy:  # a forced download never costs the clip already here (only a valid file is renamed onto it)
+                return _result(clip, "skipped", path=rel, attempts=attempt, seconds=time.monotonic() - t0,
+                               message=f"kept the copy already here: downloading it again failed ({f.reason}: {f.message})")
             return _result(clip, "failed", reason=f.reason, message=f.message, attempts=attempt,
                            seconds=time.monotonic() - t0)
         return _result(clip, "downloaded", path=rel, attempts=attempt, seconds=time.monotonic() - t0)
