@@ -4,11 +4,19 @@ and fp32 vs bf16 training steps.
 * **frames**: ``--clips`` generated Kinetics-format clips (``tasks/lib/demo/``, ``--width``x``--height``,
   ``--duration`` s) go through the real download and filter stages once (threads); then the frames stage samples
   them from scratch on each engine: threads (``frames.workers`` 2), Dask LocalCluster with 1 worker, with 2 workers
-  (``cluster.shard_size`` ``--shard-size``). The bare work is the same sampler called in a plain loop, one
-  thread, no Prefect. ``dask_speedup_2w`` = stage time on 1 Dask worker / on 2. ``overhead_share`` = what the
-  1-worker Dask stage adds to the bare work (Prefect flow and task runs, planning, the manifest) as a share of
-  that stage's time, less the start and close of an empty LocalCluster of the same shape (Dask's fixed cost per
-  stage run, timed separately as ``cluster_start_seconds``); ``overhead_share_incl_cluster_start`` keeps it.
+  (``cluster.shard_size`` ``--shard-size``, by default the project's :class:`ClusterConfig` default).
+  ``dask_speedup_2w`` = stage time on 1 Dask worker / on 2.
+  ``overhead_share`` = **Prefect's** overhead: the 1-worker Dask stage run as the Prefect flow against the same
+  stage on plain ``dask.distributed`` (``plain_dask_1w_seconds``: the same LocalCluster shape started and closed
+  inside the timing, the same shards, the same per-clip function, planning and manifest writing; no flow, task
+  runs, states, logs or artifacts), as a share of the Prefect stage's time. The two alternate ``--repeats`` times
+  and each keeps its fastest run.
+  Also recorded: ``bare_seconds``, the whole stage's own work in this process, one thread, no Prefect, no Dask
+  (lock, ``plan_frames.fn``, the space check, every clip's ``sample_clip_task.fn`` (sampler, ``.npy`` save,
+  digest), ``write_dataset.fn``); ``bare_sampler_seconds``, the sampler alone; ``engine_overhead_share``, what
+  the 1-worker Dask stage adds to ``bare_seconds`` beyond the start and close of an empty LocalCluster
+  (``cluster_start_seconds``): Prefect's and Dask's costs together (workers importing the stage's code, result
+  transfer); ``overhead_share_incl_cluster_start`` keeps the cluster start in.
 * **DDP**: the default preset on a synthetic frames dataset (``--ddp-clips`` training clips), fp32, the same
   options with ``train.processes`` 1 and 2; ``ddp_speedup_2p`` = mean epoch seconds of 1 process / of 2 (epochs
   after the first, so torchrun's start and the first DDP construction are left out; evaluation included).
@@ -44,7 +52,7 @@ import flows  # noqa: E402,F401  -- the embedded Prefect defaults
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tasks.lib.config import PipelineConfig  # noqa: E402
+from tasks.lib.config import ClusterConfig, PipelineConfig  # noqa: E402
 
 
 def _load() -> list[float]:
@@ -63,8 +71,62 @@ def frames_config(data_dir: Path, csv: Path, url_template: str, shard_size: int,
     })
 
 
+def _stage_without_prefect(cfg: PipelineConfig, run_clips) -> tuple[float, int, str]:
+    """The frames stage's own work with no Prefect in it, from a fresh dataset folder (as each engine gets it):
+    lock, plan, space check, ``run_clips(jobs)`` (every clip's sample-and-save), manifest/dataset.json/report,
+    summary. Returns (seconds, clips sampled, dataset fingerprint)."""
+    from tasks.frames import frames_summary, plan_frames, write_dataset
+    from tasks.guards import check_space_for_frames
+    from tasks.lib.locks import data_dir_lock
+
+    shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    with data_dir_lock(cfg.data_dir, "frames"):
+        plan = plan_frames.fn(cfg)
+        check_space_for_frames(cfg, len(plan.todo))
+        results = run_clips(plan.todo)
+        ds = write_dataset.fn(cfg, plan, results)
+        summary = frames_summary(cfg, plan, results, ds)
+    seconds = time.perf_counter() - t0
+    assert not summary.failed, summary
+    return seconds, summary.counts["sampled"], ds.fingerprint
+
+
+def _sample_jobs(jobs: list, num_frames: int, size: int) -> list[dict]:
+    """The per-clip function of the frames stage's task (``sample_clip_task.fn``) over jobs, one thread: what a
+    Dask shard runs, without the Prefect task around it."""
+    from tasks.frames import sample_clip_task
+
+    return [sample_clip_task.fn(job=job, num_frames=num_frames, size=size, threads=1) for job in jobs]
+
+
+def bare_stage_seconds(cfg: PipelineConfig) -> tuple[float, int, str]:
+    """The whole stage in this process, one thread, no Prefect, no Dask."""
+    return _stage_without_prefect(cfg, lambda jobs: _sample_jobs(jobs, cfg.frames.num_frames, cfg.frames.size))
+
+
+def plain_dask_stage_seconds(cfg: PipelineConfig) -> tuple[float, int, str]:
+    """The same stage on plain ``dask.distributed``: a LocalCluster of the shape the stage starts
+    (``cluster.workers`` single-threaded processes, started and closed inside the timing), the same shards of
+    ``cluster.shard_size`` clips, the same per-clip function. Only Prefect is missing, so the Prefect stage's
+    time beyond this is Prefect's own overhead."""
+    from distributed import Client, LocalCluster
+
+    from tasks.lib.cluster import shards
+
+    def on_dask(jobs: list) -> list[dict]:
+        with LocalCluster(n_workers=cfg.cluster.workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            futures = client.map(_sample_jobs, shards(jobs, cfg.cluster.shard_size), num_frames=cfg.frames.num_frames,
+                                 size=cfg.frames.size, pure=False)
+            return [row for part in client.gather(futures) for row in part]
+
+    return _stage_without_prefect(cfg, on_dask)
+
+
 def bare_sampling_seconds(cfg: PipelineConfig) -> tuple[float, int]:
-    """The frames stage's per-clip work alone: the sampler over every kept clip, one thread, no Prefect."""
+    """The frames stage's per-clip sampler alone over every kept clip, one thread, no Prefect (no .npy save,
+    digest, planning or manifest: a lower bound of the stage's work)."""
     from tasks.lib import reports, sampling
 
     rows = [r for r in reports.read_csv_rows(cfg.reports_dir / "filter.csv") if r.get("status") == "kept"]
@@ -75,7 +137,7 @@ def bare_sampling_seconds(cfg: PipelineConfig) -> tuple[float, int]:
 
 
 def frames_stage(work: Path, clips: int, width: int, height: int, duration: float, shard_size: int,
-                 job: Path | None = None) -> dict:
+                 job: Path | None = None, repeats: int = 3) -> dict:
     """``job``: a pipeline config whose clips (its annotations and ``file://`` URL template) are used instead of
     generated ones, e.g. real footage: generated clips decode in tens of milliseconds, which makes any fixed cost
     look large."""
@@ -96,26 +158,53 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
     base = frames_config(work / "data", csv, url, shard_size, classes)
     download_flow(base)
     filter_flow(base)
-    bare, kept = bare_sampling_seconds(base)
-    out: dict = {"clips": kept, "bare_seconds": bare, "bare_clips_per_s_per_core": kept / bare}
-    fingerprints = set()
-    for name, cluster in (("threads", {"engine": "threads"}), ("dask_1w", {"engine": "dask", "workers": 1}),
-                          ("dask_2w", {"engine": "dask", "workers": 2})):
+    sampler, kept = bare_sampling_seconds(base)
+    bare, sampled, fingerprint = bare_stage_seconds(base)
+    assert sampled == kept, (sampled, kept)
+    out: dict = {"clips": kept, "shard_size": shard_size, "bare_seconds": bare,
+                 "bare_clips_per_s_per_core": kept / bare, "bare_sampler_seconds": sampler,
+                 "bare_sampler_clips_per_s_per_core": kept / sampler}
+    print(f"frames bare: {bare:.1f} s for {kept} clips (sampler alone {sampler:.1f} s)", flush=True)
+    fingerprints = {fingerprint}
+
+    def prefect_stage(name: str, **cluster) -> float:
         cfg = frames_config(work / "data", csv, url, shard_size, classes, **cluster)
         shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
         t0 = time.perf_counter()
         summary = frames_flow(cfg)
-        out[f"{name}_seconds"] = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         assert summary.counts["sampled"] == kept, summary
         fingerprints.add(json.loads((cfg.dataset_dir / "dataset.json").read_text())["fingerprint"])
-        print(f"frames {name}: {out[f'{name}_seconds']:.1f} s for {kept} clips", flush=True)
+        print(f"frames {name}: {seconds:.1f} s for {kept} clips", flush=True)
+        return seconds
+
+    def plain_stage() -> float:
+        cfg = frames_config(work / "data", csv, url, shard_size, classes, engine="dask", workers=1)
+        seconds, sampled, fp = plain_dask_stage_seconds(cfg)
+        assert sampled == kept, (sampled, kept)
+        fingerprints.add(fp)
+        print(f"frames plain dask_1w: {seconds:.1f} s for {kept} clips", flush=True)
+        return seconds
+
+    out["threads_seconds"] = prefect_stage("threads", engine="threads")
+    # Prefect's overhead is a difference of two ~20 s runs, so they alternate and each keeps its fastest run (on
+    # a shared machine, noise only ever adds time)
+    runs: dict[str, list[float]] = {"dask_1w": [], "plain_dask_1w": []}
+    for _ in range(repeats):
+        runs["dask_1w"].append(prefect_stage("dask_1w", engine="dask", workers=1))
+        runs["plain_dask_1w"].append(plain_stage())
+    out["dask_2w_seconds"] = prefect_stage("dask_2w", engine="dask", workers=2)
+    for name, times in runs.items():
+        out[f"{name}_runs"], out[f"{name}_seconds"] = times, min(times)
     out["same_fingerprint"] = len(fingerprints) == 1
     out["dask_speedup_2w"] = out["dask_1w_seconds"] / out["dask_2w_seconds"]
     out["dask_2w_vs_threads"] = out["threads_seconds"] / out["dask_2w_seconds"]
+    d1 = out["dask_1w_seconds"]
+    out["overhead_share"] = max(0.0, d1 - out["plain_dask_1w_seconds"]) / d1
     out["cluster_start_seconds"] = local_cluster_seconds(workers=1)
-    added = max(0.0, out["dask_1w_seconds"] - bare)
-    out["overhead_share_incl_cluster_start"] = added / out["dask_1w_seconds"]
-    out["overhead_share"] = max(0.0, added - out["cluster_start_seconds"]) / out["dask_1w_seconds"]
+    added = max(0.0, d1 - bare)
+    out["overhead_share_incl_cluster_start"] = added / d1
+    out["engine_overhead_share"] = max(0.0, added - out["cluster_start_seconds"]) / d1
     return out
 
 
@@ -216,7 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--shard-size", type=int, default=25)
+    ap.add_argument("--shard-size", type=int, default=ClusterConfig().shard_size,
+                    help="clips per Dask task (default: the project's cluster.shard_size default)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of the Prefect and plain 1-worker Dask stages (fastest kept)")
     ap.add_argument("--ddp-clips", type=int, default=64)
     ap.add_argument("--ddp-epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=7, help="timed training steps per precision")
@@ -236,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp, server:
         work = Path(tmp)
         result["frames"] = frames_stage(work, args.clips, args.width, args.height, args.duration, args.shard_size,
-                                        args.frames_job)
+                                        args.frames_job, args.repeats)
         result["ddp"] = ddp(work, args.ddp_clips, args.ddp_epochs)
         result["precision"] = precision_steps(args.steps)
         if args.quality:
