@@ -10,7 +10,10 @@ and fp32 vs bf16 training steps.
   stage on plain ``dask.distributed`` (``plain_dask_1w_seconds``: the same LocalCluster shape started and closed
   inside the timing, the same shards, the same per-clip function, planning and manifest writing; no flow, task
   runs, states, logs or artifacts), as a share of the Prefect stage's time. The two alternate ``--repeats`` times
-  and each keeps its fastest run.
+  and each keeps its fastest run; ``overhead_share_paired_mean`` is the mean of the per-pair differences over the
+  mean Prefect time (a check that the fastest runs are not a lucky pair). Flows run with the settings ``vivit``
+  uses for its own temporary server (:func:`flows.cli.temporary_server_settings`) unless ``PREFECT_API_URL`` names
+  a server.
   Also recorded: ``bare_seconds``, the whole stage's own work in this process, one thread, no Prefect, no Dask
   (lock, ``plan_frames.fn``, the space check, every clip's ``sample_clip_task.fn`` (sampler, ``.npy`` save,
   digest), ``write_dataset.fn``); ``bare_sampler_seconds``, the sampler alone; ``engine_overhead_share``, what
@@ -201,6 +204,10 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
     out["dask_2w_vs_threads"] = out["threads_seconds"] / out["dask_2w_seconds"]
     d1 = out["dask_1w_seconds"]
     out["overhead_share"] = max(0.0, d1 - out["plain_dask_1w_seconds"]) / d1
+    # the same from the runs side by side: the mean of each pair's difference over the mean Prefect stage time
+    pairs = list(zip(runs["dask_1w"], runs["plain_dask_1w"]))
+    out["overhead_share_paired_mean"] = (statistics.mean(max(0.0, d - p) for d, p in pairs)
+                                         / statistics.mean(runs["dask_1w"]))
     out["cluster_start_seconds"] = local_cluster_seconds(workers=1)
     added = max(0.0, d1 - bare)
     out["overhead_share_incl_cluster_start"] = added / d1
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--shard-size", type=int, default=ClusterConfig().shard_size,
                     help="clips per Dask task (default: the project's cluster.shard_size default)")
-    ap.add_argument("--repeats", type=int, default=3, help="runs of the Prefect and plain 1-worker Dask stages (fastest kept)")
+    ap.add_argument("--repeats", type=int, default=5, help="runs of the Prefect and plain 1-worker Dask stages (fastest kept)")
     ap.add_argument("--ddp-clips", type=int, default=64)
     ap.add_argument("--ddp-epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=7, help="timed training steps per precision")
@@ -321,8 +328,17 @@ def main(argv: list[str] | None = None) -> dict:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    from flows.cli import temporary_server_settings
+
+    @contextlib.contextmanager
+    def throwaway_server():  # the settings `vivit` uses with its own temporary server
+        from prefect.settings import temporary_settings
+
+        with prefect_test_harness(server_startup_timeout=180), temporary_settings(temporary_server_settings()):
+            yield
+
     # a throwaway Prefect server unless one is configured (a test's harness, a real server)
-    server = contextlib.nullcontext() if PREFECT_API_URL.value() else prefect_test_harness(server_startup_timeout=180)
+    server = contextlib.nullcontext() if PREFECT_API_URL.value() else throwaway_server()
     result: dict = {"load_start": _load(), "cpus": len(os.sched_getaffinity(0))}
     with tempfile.TemporaryDirectory() as tmp, server:
         work = Path(tmp)

@@ -21,10 +21,14 @@ SHARED_CLIPS = ROOT.parent / "shared" / "clips"
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect server + SQLite database for the whole session (~14 s to start)."""
+    """One temporary Prefect server + SQLite database for the whole session (~14 s to start), with the settings
+    ``vivit`` uses for its own temporary server."""
+    from prefect.settings import temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    from flows.cli import temporary_server_settings
+
+    with prefect_test_harness(server_startup_timeout=180), temporary_settings(temporary_server_settings()):
         yield
 
 

@@ -120,3 +120,5 @@ def test_scale_frames_comparison_runs_on_a_jobs_own_clips(prefect_harness, tmp_p
     assert f["clips"] == 4 and f["same_fingerprint"] is True
     assert len(f["dask_1w_runs"]) == len(f["plain_dask_1w_runs"]) == 2 and f["dask_1w_seconds"] == min(f["dask_1w_runs"])
     assert 0.0 <= f["overhead_share"] < 1.0 and 0.0 <= f["engine_overhead_share"] < 1.0
+    diffs = [max(0.0, d - p) for d, p in zip(f["dask_1w_runs"], f["plain_dask_1w_runs"])]
+    assert f["overhead_share_paired_mean"] == pytest.approx(sum(diffs) / sum(f["dask_1w_runs"]))

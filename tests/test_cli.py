@@ -87,3 +87,17 @@ def _last_flow_run(flow_name: str):
 def test_presets_lists_the_default(argv, capsys):
     assert main(argv) == EXIT_OK
     assert "vivit-fe-tiny" in capsys.readouterr().out
+
+
+def test_flows_on_a_temporary_server_send_no_heartbeats():
+    """A server that dies with the command cannot use flow-run heartbeats, and each one cost its flow run a wait of
+    up to 1 s at the end (Prefect 3.8.8), so vivit's own server (and the tests' and benchmarks') runs without."""
+    from prefect.settings import get_current_settings, temporary_settings
+
+    from flows.cli import temporary_server_settings
+
+    with temporary_settings(temporary_server_settings("http://127.0.0.1:9/api")):
+        settings = get_current_settings()
+        assert settings.flows.heartbeat_frequency is None and settings.api.url == "http://127.0.0.1:9/api"
+    with temporary_settings(temporary_server_settings()):
+        assert get_current_settings().flows.heartbeat_frequency is None
