@@ -283,8 +283,7 @@ class TrainStage(StageConfig):
         if self.train.init:
             from model.pretrained import checkpoint_input
 
-            src = checkpoint_input(self.train.init)
-            _train_follows(self.train, src, f"checkpoint {self.train.init} ({src.kind}) was trained on")
+            _train_follows(self.train, checkpoint_input(self.train.init))
         return self
 
 
@@ -302,10 +301,10 @@ def follow_the_checkpoint(cfg: PipelineConfig) -> None:
     from model.pretrained import checkpoint_input
 
     src = checkpoint_input(cfg.train.init)
-    what = f"checkpoint {cfg.train.init} ({src.kind}) was trained on"
+    what = _trained_on(cfg.train.init, src)
     given_frames = cfg.frames.model_fields_set
     if src.frames is not None:
-        _train_follows(cfg.train, src, what)
+        _train_follows(cfg.train, src)
         if "num_frames" in given_frames and cfg.frames.num_frames < src.frames:
             raise ValueError(f"{what} {src.frames} frames per clip, but frames.num_frames is {cfg.frames.num_frames}: "
                              f"store at least {src.frames} or leave it out (it then follows the checkpoint)")
@@ -318,12 +317,17 @@ def follow_the_checkpoint(cfg: PipelineConfig) -> None:
                          f"{src.size} or leave it out (it then follows the checkpoint)")
 
 
-def _train_follows(train: TrainOptions, src: Any, what: str) -> None:
+def _trained_on(init: str, src: Any) -> str:
+    return f"checkpoint {init} ({src.kind}) was trained on"
+
+
+def _train_follows(train: TrainOptions, src: Any) -> None:
     """``train.view_frames``: the checkpoint's frames per clip unless the user set it (then it must agree)."""
     if src.frames is None:
         return
     if "view_frames" in train.model_fields_set and train.view_frames != src.frames:
-        raise ValueError(f"{what} {src.frames} frames per clip, but train.view_frames is {train.view_frames}: "
+        raise ValueError(f"{_trained_on(train.init, src)} {src.frames} frames per clip, but train.view_frames is "
+                         f"{train.view_frames}: "
                          f"set it to {src.frames} or leave it out (it then follows the checkpoint)")
     train.view_frames = src.frames
 
