@@ -13,7 +13,8 @@ import yaml
 from model.options import TrainOptions, stable_hash
 from .errors import UserError
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+    model_validator,
 )
 
 DEFAULT_CLASSES = ["dribbling basketball", "dunking basketball"]
@@ -230,7 +231,8 @@ class PipelineConfig(_Locations, _Strict):
     def stage(self, name: str) -> "StageConfig":
         """The sections stage ``name`` uses, sharing this config's values."""
         try:
-            return STAGE_CONFIGS[name].model_validate(self)
+            # the checkpoint was followed when this config was validated: the stage need not read it again
+            return STAGE_CONFIGS[name].model_validate(self, context={"checkpoint_followed": True})
         except KeyError:
             raise ValueError(f"unknown stage {name!r}; stages are {list(STAGE_CONFIGS)}") from None
 
@@ -278,9 +280,9 @@ class TrainStage(StageConfig):
     mlflow: Mlflow
 
     @model_validator(mode="after")
-    def _view_follows_the_checkpoint(self) -> "TrainStage":
+    def _view_follows_the_checkpoint(self, info: ValidationInfo) -> "TrainStage":
         # run alone (a deployment's form), the view still follows the checkpoint, or agrees with it
-        if self.train.init:
+        if self.train.init and not (info.context or {}).get("checkpoint_followed"):
             from model.pretrained import checkpoint_input
 
             _train_follows(self.train, checkpoint_input(self.train.init))
