@@ -9,9 +9,11 @@ and fp32 vs bf16 training steps.
   ``overhead_share`` = **Prefect's** overhead: the 1-worker Dask stage run as the Prefect flow against the same
   stage on plain ``dask.distributed`` (``plain_dask_1w_seconds``: the same LocalCluster shape started and closed
   inside the timing, the same shards, the same per-clip function, planning and manifest writing; no flow, task
-  runs, states, logs or artifacts), as a share of the Prefect stage's time. The two alternate ``--repeats`` times
-  and each keeps its fastest run; ``overhead_share_paired_mean`` is the mean of the per-pair differences over the
-  mean Prefect time (a check that the fastest runs are not a lucky pair). Flows run with the settings ``vivit``
+  runs, states, logs or artifacts), as a share of the Prefect stage's time. The four engines (threads, Dask 1
+  worker, plain Dask 1 worker, Dask 2 workers) take turns ``--repeats`` times, each after the machine has settled
+  (the Prefect server idle again), and each keeps its fastest run; ``overhead_share_paired_mean`` is the mean of
+  the per-round differences (Prefect minus plain, unclipped) over the mean Prefect time (a check that the fastest
+  runs are not a lucky pair). ``clips_per_shard``: what ``shard_size`` gives for 1 and 2 worker threads. Flows run with the settings ``vivit``
   uses for its own temporary server (:func:`flows.cli.temporary_server_settings`) unless ``PREFECT_API_URL`` names
   a server.
   Also recorded: ``bare_seconds``, the whole stage's own work in this process, one thread, no Prefect, no Dask
@@ -63,7 +65,7 @@ def _load() -> list[float]:
 
 
 # -- frames stage --------------------------------------------------------------------------------------------------
-def frames_config(data_dir: Path, csv: Path, url_template: str, shard_size: int, classes: list[str] | None = None,
+def frames_config(data_dir: Path, csv: Path, url_template: str, shard_size: int | str, classes: list[str] | None = None,
                   **cluster) -> PipelineConfig:
     return PipelineConfig.model_validate({
         "data_dir": str(data_dir), "annotations": [str(csv)], "url_template": url_template,
@@ -72,6 +74,33 @@ def frames_config(data_dir: Path, csv: Path, url_template: str, shard_size: int,
         "frames": {"num_frames": 16, "size": 128, "workers": 2, "split_mode": "official"},
         "train": {"view_frames": 15}, "cluster": {"shard_size": shard_size, **cluster},
     })
+
+
+def _settle(quiet_cpu_s: float = 0.05, window_s: float = 1.0, limit_s: float = 60.0) -> float:
+    """Wait until this process's children (the Prefect server, leftover workers) used under ``quiet_cpu_s`` of
+    CPU in the last ``window_s``; returns the seconds waited."""
+    import psutil
+
+    me, t0 = psutil.Process(), time.perf_counter()
+
+    def cpu() -> float:
+        total = 0.0
+        for p in me.children(recursive=True):
+            try:
+                c = p.cpu_times()
+                total += c.user + c.system
+            except psutil.Error:
+                pass
+        return total
+
+    before = cpu()
+    while time.perf_counter() - t0 < limit_s:
+        time.sleep(window_s)
+        now = cpu()
+        if now - before < quiet_cpu_s:
+            break
+        before = now
+    return time.perf_counter() - t0
 
 
 def _stage_without_prefect(cfg: PipelineConfig, run_clips) -> tuple[float, int, str]:
@@ -115,12 +144,13 @@ def plain_dask_stage_seconds(cfg: PipelineConfig) -> tuple[float, int, str]:
     time beyond this is Prefect's own overhead."""
     from distributed import Client, LocalCluster
 
-    from tasks.lib.cluster import shards
+    from tasks.lib.cluster import shard_size_for, shards
 
     def on_dask(jobs: list) -> list[dict]:
         with LocalCluster(n_workers=cfg.cluster.workers, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster) as client:
-            futures = client.map(_sample_jobs, shards(jobs, cfg.cluster.shard_size), num_frames=cfg.frames.num_frames,
+            size = shard_size_for(cfg.cluster.shard_size, len(jobs), sum(client.nthreads().values()))
+            futures = client.map(_sample_jobs, shards(jobs, size), num_frames=cfg.frames.num_frames,
                                  size=cfg.frames.size, pure=False)
             return [row for part in client.gather(futures) for row in part]
 
@@ -139,7 +169,7 @@ def bare_sampling_seconds(cfg: PipelineConfig) -> tuple[float, int]:
     return time.perf_counter() - t0, len(rows)
 
 
-def frames_stage(work: Path, clips: int, width: int, height: int, duration: float, shard_size: int,
+def frames_stage(work: Path, clips: int, width: int, height: int, duration: float, shard_size: int | str,
                  job: Path | None = None, repeats: int = 3) -> dict:
     """``job``: a pipeline config whose clips (its annotations and ``file://`` URL template) are used instead of
     generated ones, e.g. real footage: generated clips decode in tens of milliseconds, which makes any fixed cost
@@ -164,7 +194,10 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
     sampler, kept = bare_sampling_seconds(base)
     bare, sampled, fingerprint = bare_stage_seconds(base)
     assert sampled == kept, (sampled, kept)
-    out: dict = {"clips": kept, "shard_size": shard_size, "bare_seconds": bare,
+    from tasks.lib.cluster import shard_size_for
+
+    out: dict = {"clips": kept, "shard_size": shard_size,
+                 "clips_per_shard": {f"{w}w": shard_size_for(shard_size, kept, w) for w in (1, 2)}, "bare_seconds": bare,
                  "bare_clips_per_s_per_core": kept / bare, "bare_sampler_seconds": sampler,
                  "bare_sampler_clips_per_s_per_core": kept / sampler}
     print(f"frames bare: {bare:.1f} s for {kept} clips (sampler alone {sampler:.1f} s)", flush=True)
@@ -189,14 +222,21 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
         print(f"frames plain dask_1w: {seconds:.1f} s for {kept} clips", flush=True)
         return seconds
 
-    out["threads_seconds"] = prefect_stage("threads", engine="threads")
-    # Prefect's overhead is a difference of two ~20 s runs, so they alternate and each keeps its fastest run (on
-    # a shared machine, noise only ever adds time)
-    runs: dict[str, list[float]] = {"dask_1w": [], "plain_dask_1w": []}
+    # Prefect's overhead is a difference of two ~20 s runs, so the engines take turns and each keeps its fastest run
+    # (on a shared machine, noise only ever adds time). Before each run the machine settles: the Prefect server
+    # goes on recording a flow run's events and logs for a while after it returns, which would otherwise slow
+    # whichever run comes next.
+    engines = {"threads": lambda: prefect_stage("threads", engine="threads"),
+               "dask_1w": lambda: prefect_stage("dask_1w", engine="dask", workers=1),
+               "plain_dask_1w": plain_stage,
+               "dask_2w": lambda: prefect_stage("dask_2w", engine="dask", workers=2)}
+    runs: dict[str, list[float]] = {name: [] for name in engines}
+    settled: list[float] = []
     for _ in range(repeats):
-        runs["dask_1w"].append(prefect_stage("dask_1w", engine="dask", workers=1))
-        runs["plain_dask_1w"].append(plain_stage())
-    out["dask_2w_seconds"] = prefect_stage("dask_2w", engine="dask", workers=2)
+        for name, run in engines.items():
+            settled.append(_settle())
+            runs[name].append(run())
+    out["settle_seconds_max"] = max(settled)
     for name, times in runs.items():
         out[f"{name}_runs"], out[f"{name}_seconds"] = times, min(times)
     out["same_fingerprint"] = len(fingerprints) == 1
@@ -206,8 +246,7 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
     out["overhead_share"] = max(0.0, d1 - out["plain_dask_1w_seconds"]) / d1
     # the same from the runs side by side: the mean of each pair's difference over the mean Prefect stage time
     pairs = list(zip(runs["dask_1w"], runs["plain_dask_1w"]))
-    out["overhead_share_paired_mean"] = (statistics.mean(max(0.0, d - p) for d, p in pairs)
-                                         / statistics.mean(runs["dask_1w"]))
+    out["overhead_share_paired_mean"] = statistics.mean(d - p for d, p in pairs) / statistics.mean(runs["dask_1w"])
     out["cluster_start_seconds"] = local_cluster_seconds(workers=1)
     added = max(0.0, d1 - bare)
     out["overhead_share_incl_cluster_start"] = added / d1
@@ -304,6 +343,10 @@ def quality(config: Path, seeds: list[int], work: Path, precisions: tuple[str, .
     return out
 
 
+def _shard_size(v: str) -> int | str:
+    return v if v == "auto" else int(v)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=200)
@@ -312,9 +355,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--shard-size", type=int, default=ClusterConfig().shard_size,
+    ap.add_argument("--shard-size", type=_shard_size, default=ClusterConfig().shard_size,
                     help="clips per Dask task (default: the project's cluster.shard_size default)")
-    ap.add_argument("--repeats", type=int, default=5, help="runs of the Prefect and plain 1-worker Dask stages (fastest kept)")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds of the four frames engines (fastest of each kept)")
     ap.add_argument("--ddp-clips", type=int, default=64)
     ap.add_argument("--ddp-epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=7, help="timed training steps per precision")

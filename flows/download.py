@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.utilities.annotations import opaque
 
 from tasks.cluster import map_clips
 from tasks.lib import download as core
@@ -56,7 +57,9 @@ def _download(config: DownloadStage, force: bool) -> StageResult:
                       "force": force},
                      threads=config.download.workers)
 
-    report = write_report_task(rows, config.reports_dir / "download.csv")
+    # opaque: Prefect resolves a task's parameters by walking them for futures, which for thousands of rows costs
+    # more than the task itself; these are plain values
+    report = write_report_task(opaque(rows), config.reports_dir / "download.csv")
     counts = core.summarize(rows)
     create_table_artifact(
         [{"kind": "status", "name": k, "count": counts[k]} for k in ("downloaded", "skipped", "failed")]

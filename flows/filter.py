@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.utilities.annotations import opaque
 
 from tasks.cluster import map_clips
 from tasks.lib import filtering as core
@@ -39,7 +40,7 @@ def _filter(config: FilterStage, force: bool) -> StageResult:
     # threads: filter.workers clips at once; dask: one clip at a time per single-threaded worker process
     threads = config.filter.workers if config.cluster.engine == "threads" else 1
     rows += map_clips(config.cluster, "filter", check_clip, "item", plan.todo, {"data_dir": config.data_dir}, threads)
-    report = write_filter_report(rows, config.reports_dir / "filter.csv", config.raw_dir)
+    report = write_filter_report(opaque(rows), config.reports_dir / "filter.csv", config.raw_dir)  # plain rows: not walked
     s = core.summarize(rows, config.classes, reused=len(plan.reused), missing=len(plan.missing))
     create_table_artifact(
         [{"class": c, **v} for c, v in s.per_class.items()],

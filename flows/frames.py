@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.utilities.annotations import opaque
 
 from tasks.cluster import map_clips
 from tasks.lib.config import FramesStage
@@ -52,7 +53,8 @@ def _frames(config: FramesStage, force: bool) -> StageResult:
         results = map_clips(config.cluster, "frames", sample_clip_task, "job", plan.todo,
                             {"num_frames": config.frames.num_frames, "size": config.frames.size, "threads": threads},
                             threads=at_once)
-    ds = write_dataset(config, plan, results)
+    # opaque: plain values, so Prefect need not walk every row for futures (0.28 s of a 0.4 s task at 260 clips)
+    ds = write_dataset(config, opaque(plan), opaque(results))
     for w in ds.warnings:
         logger.warning(w)
 

@@ -2,8 +2,9 @@
 
 ``threads`` maps the per-clip task over this process's thread pool: one Prefect task run per clip, about 20 ms of
 overhead each. ``dask`` maps a *shard* task over a ``dask.distributed`` cluster through ``prefect-dask``: each
-shard runs the same per-clip function for ``cluster.shard_size`` clips, because Prefect's overhead per Dask task
-(130-360 ms measured) would otherwise rival the work itself at Kinetics scale. Either way the caller gets one row
+shard runs the same per-clip function for ``cluster.shard_size`` clips (``auto``: about 4 shards per worker
+thread), because Prefect's overhead per Dask task (130-360 ms measured) would otherwise rival the work itself at
+Kinetics scale. Either way the caller gets one row
 per clip, in input order, so reports, manifests and fingerprints do not depend on the engine.
 
 Workers report to the flow's Prefect API. A Dask worker that has no ``PREFECT_API_URL`` starts a temporary API
@@ -22,7 +23,7 @@ from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.lib.cluster import shards, worker_environment
+from tasks.lib.cluster import shard_size_for, shards, worker_environment
 from tasks.lib.config import ClusterConfig
 from tasks.progress import gather
 
@@ -86,8 +87,9 @@ def map_clips(cluster: ClusterConfig, stage: str, per_clip: Any, key: str, items
         with ThreadPoolTaskRunner(max_workers=threads) as runner:
             futures = runner.map(per_clip, {key: items, **{k: unmapped(v) for k, v in kwargs.items()}})
             return gather(futures, stage)
-    parts = shards(items, cluster.shard_size)
     with dask_runner(cluster) as runner:
+        threads_on_cluster = sum(runner.client.nthreads().values())  # an existing scheduler's, or our LocalCluster's
+        parts = shards(items, shard_size_for(cluster.shard_size, len(items), threads_on_cluster))
         futures = runner.map(run_shard, {
             "stage": unmapped(stage), "index": list(range(len(parts))), "per_clip": unmapped(per_clip),
             "key": unmapped(key), "items": parts, "kwargs": unmapped(kwargs), "threads": unmapped(threads)})

@@ -118,7 +118,10 @@ def test_scale_frames_comparison_runs_on_a_jobs_own_clips(prefect_harness, tmp_p
                    "classes: [dribbling basketball, dunking basketball]\ndownload: {allow_file_urls: true}\n")
     f = _script("scale").frames_stage(tmp_path / "work", 0, 0, 0, 0.0, 2, job=job, repeats=2)
     assert f["clips"] == 4 and f["same_fingerprint"] is True
-    assert len(f["dask_1w_runs"]) == len(f["plain_dask_1w_runs"]) == 2 and f["dask_1w_seconds"] == min(f["dask_1w_runs"])
+    # the four engines took turns twice; each keeps its fastest run
+    for name in ("threads", "dask_1w", "plain_dask_1w", "dask_2w"):
+        assert len(f[f"{name}_runs"]) == 2 and f[f"{name}_seconds"] == min(f[f"{name}_runs"])
+    assert f["clips_per_shard"] == {"1w": 2, "2w": 2} and 0.0 <= f["settle_seconds_max"] <= 60.0
     assert 0.0 <= f["overhead_share"] < 1.0 and 0.0 <= f["engine_overhead_share"] < 1.0
-    diffs = [max(0.0, d - p) for d, p in zip(f["dask_1w_runs"], f["plain_dask_1w_runs"])]
+    diffs = [d - p for d, p in zip(f["dask_1w_runs"], f["plain_dask_1w_runs"])]
     assert f["overhead_share_paired_mean"] == pytest.approx(sum(diffs) / sum(f["dask_1w_runs"]))

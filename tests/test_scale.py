@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 
-from tasks.lib.cluster import shards, worker_environment
+from tasks.lib.cluster import shard_size_for, shards, worker_environment
 from tasks.lib.config import PipelineConfig
 
 
@@ -24,6 +24,15 @@ def test_shards_keep_order_and_cover_everything():
     assert shards([], 5) == [] and shards(items, 100) == [items]
     with pytest.raises(ValueError):
         shards(items, 0)
+
+
+def test_auto_shards_are_about_four_per_worker_thread_within_bounds():
+    assert shard_size_for(50, 10_000, 8) == 50  # a configured size is kept
+    assert shard_size_for("auto", 260, 1) == 65 and shard_size_for("auto", 260, 2) == 33
+    assert len(shards(list(range(260)), shard_size_for("auto", 260, 2))) == 8
+    assert shard_size_for("auto", 12, 2) == 5  # small sets: at least 5 clips a shard
+    assert shard_size_for("auto", 545_000, 100) == 500  # Kinetics-700 on 100 workers: at most 500
+    assert shard_size_for("auto", 100, 0) == 25  # a scheduler with no worker yet counts as one thread
 
 
 def test_workers_get_the_flows_api_and_settings():
@@ -38,8 +47,8 @@ def test_workers_get_the_flows_api_and_settings():
 def test_cluster_section_validates():
     cfg = PipelineConfig.model_validate({"cluster": {"engine": "dask", "workers": 3, "shard_size": 10}})
     assert (cfg.cluster.engine, cfg.cluster.address, cfg.cluster.workers, cfg.cluster.shard_size) == ("dask", None, 3, 10)
-    assert PipelineConfig().cluster.engine == "threads"
-    for bad in ({"engine": "ray"}, {"shard_size": 0}, {"workers": 0}, {"shards": 3}):
+    assert PipelineConfig().cluster.engine == "threads" and PipelineConfig().cluster.shard_size == "auto"
+    for bad in ({"engine": "ray"}, {"shard_size": 0}, {"shard_size": "big"}, {"workers": 0}, {"shards": 3}):
         with pytest.raises(ValueError):
             PipelineConfig.model_validate({"cluster": bad})
 
@@ -109,14 +118,15 @@ def local_cluster(prefect_harness):
 
 @pytest.mark.slow
 def test_dask_local_cluster_gives_the_thread_runners_dataset(threads_run, local_cluster, demo_source, tmp_path):
-    """Two worker processes, shards of 5 clips: the same download/filter/frames reports, manifest and fingerprint;
+    """Two worker processes, ``auto`` shards (12 clips on 2 threads: 5 a shard, the minimum): the same
+    download/filter/frames reports, manifest and fingerprint;
     the shard task runs are in the flow's Prefect API, so the workers reported there (not to temporary servers),
     and both worker processes did some of the work."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     lc, client = local_cluster
-    cfg = _config(tmp_path / "data", demo_source, engine="dask", address=lc.scheduler_address, shard_size=5)
+    cfg = _config(tmp_path / "data", demo_source, engine="dask", address=lc.scheduler_address)
     _stages(cfg)
     pd.testing.assert_frame_equal(_manifest(cfg), _manifest(threads_run))
     assert _fingerprint(cfg) == _fingerprint(threads_run)

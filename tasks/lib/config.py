@@ -97,13 +97,15 @@ class ClusterConfig(_Strict):
     """Where the per-clip work of download, filter and frames runs. ``threads``: one Prefect task run per clip on
     this process's thread pool (about 20 ms of Prefect overhead per task). ``dask``: one task run per *shard* of
     ``shard_size`` clips on a ``dask.distributed`` cluster, because Prefect's 130-360 ms per Dask task would
-    dominate per-clip work at Kinetics scale. Results, reports and fingerprints are the same either way."""
+    dominate per-clip work at Kinetics scale; ``auto`` sizes shards from the clips to do and the cluster's
+    threads (:func:`tasks.lib.cluster.shard_size_for`). Results, reports and fingerprints are the same either way."""
 
     engine: Literal["threads", "dask"] = Field("threads", description="threads: this process; dask: a Dask cluster")
     address: str | None = Field(None, description="an existing dask.distributed scheduler (tcp://host:8786); "
                                 "null: a LocalCluster of `workers` processes on this machine")
     workers: int = Field(2, ge=1, le=1024, description="LocalCluster worker processes (one thread each)")
-    shard_size: int = Field(50, ge=1, le=100_000, description="clips per Dask task")
+    shard_size: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] = Field(
+        "auto", description="clips per Dask task; auto: about 4 shards per worker thread, 5 to 500 clips each")
 
 
 class FilterConfig(_Strict):
