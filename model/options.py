@@ -11,12 +11,17 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from model.presets import DEFAULT_PRESET, PRESETS
-from model.views import ViewSpec
+if TYPE_CHECKING:
+    from model.views import ViewSpec
+
+# The preset a run trains when the config names none (the catalogue of presets is model/presets.py). Defined here,
+# not there, so that this module stays free of torch: the data stages and their Dask workers import the config
+# (tasks/lib/config.py -> TrainOptions) and never build a network; importing torch cost each worker 1.3 s.
+DEFAULT_PRESET = "vivit-fe-conv-tiny"
 
 # Options that change how a run executes but not what it computes: they may differ when resuming, and they are not
 # part of the training key.
@@ -90,6 +95,8 @@ class TrainOptions(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_preset(cls, v: str) -> str:
+        from model.presets import PRESETS  # torch: only where a train config is validated
+
         if v not in PRESETS:
             close = difflib.get_close_matches(v, list(PRESETS), n=3, cutoff=0.3)
             hint = f"did you mean {close}? " if close else ""
@@ -113,6 +120,8 @@ class TrainOptions(BaseModel):
 
     @property
     def view(self) -> ViewSpec:
+        from model.views import ViewSpec  # torch, like the presets
+
         return ViewSpec(num_frames=self.view_frames, input=self.input, test_views=self.test_views,
                         diff_gap=self.diff_gap)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from model.frame_mlp import FrameMLP, FrameMLPConfig
+from model.options import DEFAULT_PRESET  # noqa: F401 - the default preset's name, importable from here too
 from model.vivit import ViViT, ViViTConfig
 
 Config = Union[ViViTConfig, FrameMLPConfig]
@@ -47,7 +48,7 @@ PRESETS: dict[str, Config] = {
                                   head_dropout=0.1),
 }
 
-DEFAULT_PRESET = "vivit-fe-conv-tiny"
+assert DEFAULT_PRESET in PRESETS
 
 
 def get_config(name: str, *, num_classes: int, num_frames: int, image_size: int, **overrides) -> Config:

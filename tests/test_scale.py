@@ -44,6 +44,21 @@ def test_workers_get_the_flows_api_and_settings():
         worker_environment("", {})
 
 
+def test_the_data_stages_import_without_torch():
+    """What a Dask worker of download, filter or frames imports (the stage code, the config) does not pull in
+    torch: it cost every worker process 1.3 s of start-up, and the data stages never build a network."""
+    import pickle
+    import subprocess
+    import sys
+
+    stage = pickle.dumps(PipelineConfig().stage("frames"))  # what a worker unpickles (it validates nothing)
+    code = ("import pickle, sys, flows.cli, flows.download, flows.filter, flows.frames, tasks.cluster; "
+            "assert pickle.loads(sys.stdin.buffer.read()).frames.num_frames > 0; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], input=stage, capture_output=True, check=True).stdout
+    assert out.decode().strip() == "[]"
+
+
 def test_cluster_section_validates():
     cfg = PipelineConfig.model_validate({"cluster": {"engine": "dask", "workers": 3, "shard_size": 10}})
     assert (cfg.cluster.engine, cfg.cluster.address, cfg.cluster.workers, cfg.cluster.shard_size) == ("dask", None, 3, 10)
