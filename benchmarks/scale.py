@@ -54,8 +54,6 @@ sys.path.insert(0, str(ROOT))
 
 import flows  # noqa: E402,F401  -- the embedded Prefect defaults
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from tasks.lib.config import ClusterConfig, PipelineConfig  # noqa: E402
 
@@ -290,6 +288,9 @@ def ddp(work: Path, clips: int, epochs: int) -> dict:
 
 # -- bf16 -------------------------------------------------------------------------------------------------------------
 def precision_steps(steps: int, batch: int = 8) -> dict:
+    import torch  # here, not at the top: Dask's worker processes import this script (__main__) as vivit's import
+    import torch.nn.functional as F  # flows.cli, and the data stages' workers never need torch (1.3 s each)
+
     from model.precision import compare_steps, cpu_has_bf16
     from model.presets import DEFAULT_PRESET, build_model
     from model.evaluation import autocast
