@@ -54,7 +54,6 @@ sys.path.insert(0, str(ROOT))
 
 import flows  # noqa: E402,F401  -- the embedded Prefect defaults
 
-
 from tasks.lib.config import ClusterConfig, PipelineConfig  # noqa: E402
 
 
@@ -288,8 +287,10 @@ def ddp(work: Path, clips: int, epochs: int) -> dict:
 
 # -- bf16 -------------------------------------------------------------------------------------------------------------
 def precision_steps(steps: int, batch: int = 8) -> dict:
-    import torch  # here, not at the top: Dask's worker processes import this script (__main__) as vivit's import
-    import torch.nn.functional as F  # flows.cli, and the data stages' workers never need torch (1.3 s each)
+    # torch here, not at the top: Dask's worker processes re-import this script (their __main__), and a data
+    # stage's worker never needs torch (1.3 s of start-up each), as with `vivit`
+    import torch
+    import torch.nn.functional as F
 
     from model.precision import compare_steps, cpu_has_bf16
     from model.presets import DEFAULT_PRESET, build_model

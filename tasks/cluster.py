@@ -4,8 +4,8 @@
 overhead each. ``dask`` maps a *shard* task over a ``dask.distributed`` cluster through ``prefect-dask``: each
 shard runs the same per-clip function for ``cluster.shard_size`` clips (``auto``: about 4 shards per worker
 thread), because Prefect's overhead per Dask task (130-360 ms measured) would otherwise rival the work itself at
-Kinetics scale. Either way the caller gets one row
-per clip, in input order, so reports, manifests and fingerprints do not depend on the engine.
+Kinetics scale. Either way the caller gets one row per clip, in input order, so reports, manifests and
+fingerprints do not depend on the engine.
 
 Workers report to the flow's Prefect API. A Dask worker that has no ``PREFECT_API_URL`` starts a temporary API
 server of its own (18.8 s for 6 tasks measured), and its task runs never show up in the flow's server: a
@@ -54,15 +54,13 @@ def dask_runner(cluster: ClusterConfig):
 class Shard:
     """One shard's items, as one plain object: Prefect walks a task's list and dict parameters looking for futures
     (twice, on the worker: 28 ms of each shard task run's ~180 ms for 50 clips, measured), and a plain object is a
-    leaf to it. (Prefect's own ``opaque`` is a namedtuple, which Dask's task spec turns back into a tuple.)"""
+    leaf to it. (Prefect's own ``opaque`` annotation reaches a task mapped through prefect-dask 0.3.7 as a plain
+    tuple: tried.)"""
 
     __slots__ = ("items",)
 
     def __init__(self, items: list[Any]):
         self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
 
 
 def _shard_name() -> str:
