@@ -22,6 +22,9 @@ and fp32 vs bf16 training steps.
   the 1-worker Dask stage adds to ``bare_seconds`` beyond the start and close of an empty LocalCluster
   (``cluster_start_seconds``): Prefect's and Dask's costs together (workers importing the stage's code, result
   transfer); ``overhead_share_incl_cluster_start`` keeps the cluster start in.
+* **dataset format** (``dataset_reads``): the stored clips read back whole in a random order, a ``.npy`` per clip
+  (as training reads them) against the same arrays packed into one file, page cache warm: what a file per clip
+  costs on this filesystem (the sharded-format question).
 * **DDP**: the default preset on a synthetic frames dataset (``--ddp-clips`` training clips), fp32, the same
   options with ``train.processes`` 1 and 2; ``ddp_speedup_2p`` = mean epoch seconds of 1 process / of 2 (epochs
   after the first, so torchrun's start and the first DDP construction are left out; evaluation included).
@@ -248,7 +251,50 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
     added = max(0.0, d1 - bare)
     out["overhead_share_incl_cluster_start"] = added / d1
     out["engine_overhead_share"] = max(0.0, added - out["cluster_start_seconds"]) / d1
+    out["dataset_reads"] = dataset_reads(base.dataset_dir, work / "packed.npy")
     return out
+
+
+def dataset_reads(dataset_dir: Path, packed_path: Path, repeats: int = 5) -> dict:
+    """The sharded-format question, measured on this filesystem: every clip of the stored dataset read whole, in a
+    random order, the way training reads it (``np.load(mmap_mode="r")`` per ``.npy``, then the pages copied), against
+    the same arrays packed into one file (one memory map, a slice per clip). The page cache is warm for both (each
+    read once first), so the difference is what a file per clip costs in opens and metadata, not disk speed."""
+    import numpy as np
+    import pandas as pd
+
+    paths = [dataset_dir / p for p in pd.read_parquet(dataset_dir / "manifest.parquet")["frames_path"]]
+    first = np.load(paths[0], mmap_mode="r")
+    packed = np.lib.format.open_memmap(packed_path, mode="w+", dtype=first.dtype, shape=(len(paths),) + first.shape)
+    for i, p in enumerate(paths):
+        packed[i] = np.load(p)
+    packed.flush()
+    del packed
+    order = np.random.default_rng(0).permutation(len(paths))
+
+    def per_file() -> float:
+        t0 = time.perf_counter()
+        for i in order:
+            np.array(np.load(paths[i], mmap_mode="r"))
+        return time.perf_counter() - t0
+
+    def one_file() -> float:
+        t0 = time.perf_counter()
+        arr = np.load(packed_path, mmap_mode="r")
+        for i in order:
+            np.array(arr[i])
+        return time.perf_counter() - t0
+
+    per_file(), one_file()  # warm the page cache
+    times: dict[str, list[float]] = {"per_file": [], "one_file": []}
+    for _ in range(repeats):
+        times["per_file"].append(per_file())
+        times["one_file"].append(one_file())
+    packed_path.unlink()
+    a, b = min(times["per_file"]), min(times["one_file"])
+    return {"clips": len(paths), "clip_bytes": int(first.nbytes), "per_file_us_per_clip": 1e6 * a / len(paths),
+            "one_file_us_per_clip": 1e6 * b / len(paths), "file_overhead_us_per_clip": 1e6 * (a - b) / len(paths),
+            "one_file_speedup": a / b}
 
 
 def local_cluster_seconds(workers: int) -> float:

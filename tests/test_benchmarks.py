@@ -122,6 +122,10 @@ def test_scale_frames_comparison_runs_on_a_jobs_own_clips(prefect_harness, tmp_p
     for name in ("threads", "dask_1w", "plain_dask_1w", "dask_2w"):
         assert len(f[f"{name}_runs"]) == 2 and f[f"{name}_seconds"] == min(f[f"{name}_runs"])
     assert f["clips_per_shard"] == {"1w": 2, "2w": 2} and 0.0 <= f["settle_seconds_max"] <= 60.0
+    r = f["dataset_reads"]  # a file per clip against one packed file: the stored clips, read back whole
+    assert r["clips"] == 4 and r["clip_bytes"] > 0 and r["one_file_us_per_clip"] > 0
+    assert r["one_file_speedup"] == pytest.approx(r["per_file_us_per_clip"] / r["one_file_us_per_clip"])
+    assert not (tmp_path / "work" / "packed.npy").exists()
     assert 0.0 <= f["overhead_share"] < 1.0 and 0.0 <= f["engine_overhead_share"] < 1.0
     diffs = [d - p for d, p in zip(f["dask_1w_runs"], f["plain_dask_1w_runs"])]
     assert f["overhead_share_paired_mean"] == pytest.approx(sum(diffs) / sum(f["dask_1w_runs"]))
