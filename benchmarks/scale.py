@@ -261,9 +261,10 @@ def dataset_reads(dataset_dir: Path, packed_path: Path, repeats: int = 5) -> dic
     the same arrays packed into one file (one memory map, a slice per clip). The page cache is warm for both (each
     read once first), so the difference is what a file per clip costs in opens and metadata, not disk speed."""
     import numpy as np
-    import pandas as pd
 
-    paths = [dataset_dir / p for p in pd.read_parquet(dataset_dir / "manifest.parquet")["frames_path"]]
+    from model.dataset import load_dataset
+
+    paths = [dataset_dir / p for p in load_dataset(dataset_dir).manifest["frames_path"]]
     first = np.load(paths[0], mmap_mode="r")
     packed = np.lib.format.open_memmap(packed_path, mode="w+", dtype=first.dtype, shape=(len(paths),) + first.shape)
     for i, p in enumerate(paths):

@@ -16,7 +16,7 @@ def shards(items: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-# ``shard_size: auto``. Each shard costs Prefect about 0.15 s on its worker (measured with prefect-dask 0.3.7: the
+# ``shard_size: auto``. Each shard costs Prefect about 0.1 s on its worker (measured with prefect-dask 0.3.7: the
 # task run rebuilds Prefect's settings and two API clients, then reports its states), so fewer, larger shards cost
 # less; but a worker's last shard is the stage's tail, and a lost worker redoes its shard, so not too few or too big.
 SHARDS_PER_THREAD = 4
