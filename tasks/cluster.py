@@ -2,7 +2,7 @@
 
 ``threads`` maps the per-clip task over this process's thread pool: one Prefect task run per clip, about 20 ms of
 overhead each. ``dask`` maps a *shard* task over a ``dask.distributed`` cluster through ``prefect-dask``: each
-shard runs the same per-clip function for ``cluster.shard_size`` clips (``auto``: about 4 shards per worker
+shard runs the same per-clip function for ``cluster.shard_size`` clips (``auto``: about 2 shards per worker
 thread), because Prefect's overhead per Dask task (130-360 ms measured) would otherwise rival the work itself at
 Kinetics scale. Either way the caller gets one row per clip, in input order, so reports, manifests and
 fingerprints do not depend on the engine.

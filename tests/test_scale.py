@@ -28,11 +28,11 @@ def test_shards_keep_order_and_cover_everything():
 
 def test_auto_shards_are_about_four_per_worker_thread_within_bounds():
     assert shard_size_for(50, 10_000, 8) == 50  # a configured size is kept
-    assert shard_size_for("auto", 260, 1) == 65 and shard_size_for("auto", 260, 2) == 33
-    assert len(shards(list(range(260)), shard_size_for("auto", 260, 2))) == 8
+    assert shard_size_for("auto", 260, 1) == 130 and shard_size_for("auto", 260, 3) == 44
+    assert len(shards(list(range(260)), shard_size_for("auto", 260, 2))) == 4  # two per thread
     assert shard_size_for("auto", 12, 2) == 5  # small sets: at least 5 clips a shard
     assert shard_size_for("auto", 545_000, 100) == 500  # Kinetics-700 on 100 workers: at most 500
-    assert shard_size_for("auto", 100, 0) == 25  # a scheduler with no worker yet counts as one thread
+    assert shard_size_for("auto", 100, 0) == 50  # a scheduler with no worker yet counts as one thread
 
 
 def test_workers_get_the_flows_api_and_settings():

@@ -105,7 +105,7 @@ class ClusterConfig(_Strict):
                                 "null: a LocalCluster of `workers` processes on this machine")
     workers: int = Field(2, ge=1, le=1024, description="LocalCluster worker processes (one thread each)")
     shard_size: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] = Field(
-        "auto", description="clips per Dask task; auto: about 4 shards per worker thread, 5 to 500 clips each")
+        "auto", description="clips per Dask task; auto: about 2 shards per worker thread, 5 to 500 clips each")
 
 
 class FilterConfig(_Strict):
