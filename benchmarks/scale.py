@@ -11,7 +11,8 @@ and fp32 vs bf16 training steps.
   inside the timing, the same shards, the same per-clip function, planning and manifest writing; no flow, task
   runs, states, logs or artifacts), as a share of the Prefect stage's time. The four engines (threads, Dask 1
   worker, plain Dask 1 worker, Dask 2 workers) take turns ``--repeats`` times, each after the machine has settled
-  (the Prefect server idle again), and each keeps its fastest run; ``overhead_share_paired_mean`` is the mean of
+  (the Prefect server idle again), the compared pair last and in alternating order, and each keeps its fastest
+  run; ``overhead_share_paired_mean`` is the mean of
   the per-round differences (Prefect minus plain, unclipped) over the mean Prefect time (a check that the fastest
   runs are not a lucky pair). ``clips_per_shard``: what ``shard_size`` gives for 1 and 2 worker threads. Flows run with the settings ``vivit``
   uses for its own temporary server (:func:`flows.cli.temporary_server_settings`) unless ``PREFECT_API_URL`` names
@@ -226,16 +227,19 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
     # (on a shared machine, noise only ever adds time). Before each run the machine settles: the Prefect server
     # goes on recording a flow run's events and logs for a while after it returns, which would otherwise slow
     # whichever run comes next.
+    # The pair compared for Prefect's overhead runs back to back, in turn first and second, after the two other
+    # engines: a threads run (200+ task runs) just before one of them slowed it by ~0.2 s in a test of orders.
     engines = {"threads": lambda: prefect_stage("threads", engine="threads"),
+               "dask_2w": lambda: prefect_stage("dask_2w", engine="dask", workers=2),
                "dask_1w": lambda: prefect_stage("dask_1w", engine="dask", workers=1),
-               "plain_dask_1w": plain_stage,
-               "dask_2w": lambda: prefect_stage("dask_2w", engine="dask", workers=2)}
+               "plain_dask_1w": plain_stage}
     runs: dict[str, list[float]] = {name: [] for name in engines}
     settled: list[float] = []
-    for _ in range(repeats):
-        for name, run in engines.items():
+    for r in range(repeats):
+        order = ["threads", "dask_2w"] + (["dask_1w", "plain_dask_1w"] if r % 2 == 0 else ["plain_dask_1w", "dask_1w"])
+        for name in order:
             settled.append(_settle())
-            runs[name].append(run())
+            runs[name].append(engines[name]())
     out["settle_seconds_max"] = max(settled)
     for name, times in runs.items():
         out[f"{name}_runs"], out[f"{name}_seconds"] = times, min(times)
