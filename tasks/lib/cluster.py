@@ -17,8 +17,8 @@ def shards(items: Sequence[Any], size: int) -> list[list[Any]]:
 
 
 # ``shard_size: auto``. Each shard costs Prefect 0.1-0.16 s on its worker (measured with prefect-dask 0.3.7: the
-# task run rebuilds Prefect's settings and two API clients, then reports its states), and that is most of
-# Prefect's overhead on Dask (a stage run's own start, plan and write add ~0.2 s). Two shards per thread, not
+# task run rebuilds Prefect's settings and two API clients, then reports its states), on top of ~0.7 s once per
+# stage run (the flow run, its plan and write task runs, the first shard's setup). Two shards per thread, not
 # four: measured side by side (frames stage, 4 and 3 rounds), Prefect's share on one worker (mean of the per-round
 # differences) fell from 7.7% to 4.9% on 200 generated clips and from 5.9% to 3.8% on 260 real ones, and two
 # workers got faster too (7.2 vs 7.7 s; 12.8 vs 14.5 s on the real clips, uneven in size): a worker that finishes
