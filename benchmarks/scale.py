@@ -12,10 +12,10 @@ and fp32 vs bf16 training steps.
   runs, states, logs or artifacts), as a share of the Prefect stage's time. The four engines (threads, Dask 1
   worker, plain Dask 1 worker, Dask 2 workers) take turns ``--repeats`` times, each after the machine has settled
   (the Prefect server idle again), the compared pair last and in alternating order, and each keeps its fastest
-  run; ``overhead_share_paired_mean`` is the mean of
-  the per-round differences (Prefect minus plain, unclipped) over the mean Prefect time (a check that the fastest
-  runs are not a lucky pair). ``clips_per_shard``: what ``shard_size`` gives for 1 and 2 worker threads. Flows run with the settings ``vivit``
-  uses for its own temporary server (:func:`flows.cli.temporary_server_settings`) unless ``PREFECT_API_URL`` names
+  run; ``overhead_share_paired_mean`` is the mean of the per-round differences (Prefect minus plain, unclipped)
+  over the mean Prefect time (a check that the fastest runs are not a lucky pair). ``clips_per_shard``: what
+  ``shard_size`` gives for 1 and 2 worker threads. Flows run with the settings ``vivit`` uses for its own
+  temporary server (:func:`flows.cli.temporary_server_settings`) unless ``PREFECT_API_URL`` names
   a server.
   Also recorded: ``bare_seconds``, the whole stage's own work in this process, one thread, no Prefect, no Dask
   (lock, ``plan_frames.fn``, the space check, every clip's ``sample_clip_task.fn`` (sampler, ``.npy`` save,

@@ -26,7 +26,7 @@ def test_shards_keep_order_and_cover_everything():
         shards(items, 0)
 
 
-def test_auto_shards_are_about_four_per_worker_thread_within_bounds():
+def test_auto_shards_are_about_two_per_worker_thread_within_bounds():
     assert shard_size_for(50, 10_000, 8) == 50  # a configured size is kept
     assert shard_size_for("auto", 260, 1) == 130 and shard_size_for("auto", 260, 3) == 44
     assert len(shards(list(range(260)), shard_size_for("auto", 260, 2))) == 4  # two per thread
