@@ -13,10 +13,11 @@ and fp32 vs bf16 training steps.
   worker, plain Dask 1 worker, Dask 2 workers) take turns ``--repeats`` times, each after the machine has settled
   (the Prefect server idle again), the compared pair last and in alternating order, and each keeps its fastest
   run; ``overhead_share_paired_mean`` is the mean of the per-round differences (Prefect minus plain, unclipped)
-  over the mean Prefect time (a check that the fastest runs are not a lucky pair). ``clips_per_shard``: what
-  ``shard_size`` gives for 1 and 2 worker threads. Flows run with the settings ``vivit`` uses for its own
-  temporary server (:func:`flows.cli.temporary_server_settings`) unless ``PREFECT_API_URL`` names
-  a server.
+  over the mean Prefect time (a check that the fastest runs are not a lucky pair); where the difference falls
+  (before the first clip, in the clips, between them, after them) is ``benchmarks/prefect_overhead.py``'s
+  question. ``clips_per_shard``: what ``shard_size`` gives for 1 and 2 worker threads. Flows run with the
+  settings ``vivit`` uses for its own temporary server (:func:`flows.cli.temporary_server_settings`) unless
+  ``PREFECT_API_URL`` names a server.
   Also recorded: ``bare_seconds``, the whole stage's own work in this process, one thread, no Prefect, no Dask
   (lock, ``plan_frames.fn``, the space check, every clip's ``sample_clip_task.fn`` (sampler, ``.npy`` save,
   digest), ``write_dataset.fn``); ``bare_sampler_seconds``, the sampler alone; ``engine_overhead_share``, what
@@ -44,6 +45,7 @@ Usage: ``python benchmarks/scale.py [--clips 200] [--frames-job configs/surv_fig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -138,11 +140,12 @@ def bare_stage_seconds(cfg: PipelineConfig) -> tuple[float, int, str]:
     return _stage_without_prefect(cfg, lambda jobs: _sample_jobs(jobs, cfg.frames.num_frames, cfg.frames.size))
 
 
-def plain_dask_stage_seconds(cfg: PipelineConfig) -> tuple[float, int, str]:
+def plain_dask_stage_seconds(cfg: PipelineConfig, probe=None) -> tuple[float, int, str]:
     """The same stage on plain ``dask.distributed``: a LocalCluster of the shape the stage starts
     (``cluster.workers`` single-threaded processes, started and closed inside the timing), the same shards of
     ``cluster.shard_size`` clips, the same per-clip function. Only Prefect is missing, so the Prefect stage's
-    time beyond this is Prefect's own overhead."""
+    time beyond this is Prefect's own overhead. ``probe``: ``start(client)`` once the cluster is up,
+    ``stop(client)`` before it closes (``benchmarks/prefect_overhead.py``)."""
     from distributed import Client, LocalCluster
 
     from tasks.lib.cluster import shard_size_for, shards
@@ -150,10 +153,15 @@ def plain_dask_stage_seconds(cfg: PipelineConfig) -> tuple[float, int, str]:
     def on_dask(jobs: list) -> list[dict]:
         with LocalCluster(n_workers=cfg.cluster.workers, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster) as client:
+            if probe is not None:
+                probe.start(client)
             size = shard_size_for(cfg.cluster.shard_size, len(jobs), sum(client.nthreads().values()))
             futures = client.map(_sample_jobs, shards(jobs, size), num_frames=cfg.frames.num_frames,
                                  size=cfg.frames.size, pure=False)
-            return [row for part in client.gather(futures) for row in part]
+            rows = [row for part in client.gather(futures) for row in part]
+            if probe is not None:
+                probe.stop(client)
+            return rows
 
     return _stage_without_prefect(cfg, on_dask)
 
@@ -170,14 +178,13 @@ def bare_sampling_seconds(cfg: PipelineConfig) -> tuple[float, int]:
     return time.perf_counter() - t0, len(rows)
 
 
-def frames_stage(work: Path, clips: int, width: int, height: int, duration: float, shard_size: int | str,
-                 job: Path | None = None, repeats: int = 3) -> dict:
-    """``job``: a pipeline config whose clips (its annotations and ``file://`` URL template) are used instead of
-    generated ones, e.g. real footage: generated clips decode in tens of milliseconds, which makes any fixed cost
-    look large."""
+def kept_clips(work: Path, clips: int, width: int, height: int, duration: float,
+               job: Path | None = None) -> tuple[Path, str, list[str] | None]:
+    """The clips the frames comparisons sample: ``clips`` generated ones, or ``job``'s (its annotations and
+    ``file://`` URL template), downloaded and filtered once under ``work/data`` (threads). Returns the
+    annotations CSV, the URL template and the classes (None: the default ones)."""
     from flows.download import download_flow
     from flows.filter import filter_flow
-    from flows.frames import frames_flow
     from tasks.lib.config import load_config
     from tasks.lib.demo import generate_demo_dataset
 
@@ -189,9 +196,21 @@ def frames_stage(work: Path, clips: int, width: int, height: int, duration: floa
         csv = generate_demo_dataset(src, n_dribbling=clips - clips // 2, n_dunking=clips // 2, seed=0, width=width,
                                     height=height, duration=duration, clip_len=duration)
         url, classes = f"file://{src}/videos/{{youtube_id}}.mp4", None
-    base = frames_config(work / "data", csv, url, shard_size, classes)
+    base = frames_config(work / "data", csv, url, "auto", classes)
     download_flow(base)
     filter_flow(base)
+    return csv, url, classes
+
+
+def frames_stage(work: Path, clips: int, width: int, height: int, duration: float, shard_size: int | str,
+                 job: Path | None = None, repeats: int = 3) -> dict:
+    """``job``: a pipeline config whose clips (its annotations and ``file://`` URL template) are used instead of
+    generated ones, e.g. real footage: generated clips decode in tens of milliseconds, which makes any fixed cost
+    look large."""
+    from flows.frames import frames_flow
+
+    csv, url, classes = kept_clips(work, clips, width, height, duration, job)
+    base = frames_config(work / "data", csv, url, shard_size, classes)
     sampler, kept = bare_sampling_seconds(base)
     bare, sampled, fingerprint = bare_stage_seconds(base)
     assert sampled == kept, (sampled, kept)
@@ -396,6 +415,22 @@ def quality(config: Path, seeds: list[int], work: Path, precisions: tuple[str, .
     return out
 
 
+@contextlib.contextmanager
+def prefect_server():
+    """A throwaway Prefect server with the settings ``vivit`` uses for its own temporary one, unless
+    ``PREFECT_API_URL`` names a server (a test's harness, a real server)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.cli import temporary_server_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with prefect_test_harness(server_startup_timeout=180), temporary_settings(temporary_server_settings()):
+        yield
+
+
 def _shard_size(v: str) -> int | str:
     return v if v == "auto" else int(v)
 
@@ -419,24 +454,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "scale.json")
     args = ap.parse_args(argv)
 
-    import contextlib
-
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.cli import temporary_server_settings
-
-    @contextlib.contextmanager
-    def throwaway_server():  # the settings `vivit` uses with its own temporary server
-        from prefect.settings import temporary_settings
-
-        with prefect_test_harness(server_startup_timeout=180), temporary_settings(temporary_server_settings()):
-            yield
-
-    # a throwaway Prefect server unless one is configured (a test's harness, a real server)
-    server = contextlib.nullcontext() if PREFECT_API_URL.value() else throwaway_server()
     result: dict = {"load_start": _load(), "cpus": len(os.sched_getaffinity(0))}
-    with tempfile.TemporaryDirectory() as tmp, server:
+    with tempfile.TemporaryDirectory() as tmp, prefect_server():
         work = Path(tmp)
         result["frames"] = frames_stage(work, args.clips, args.width, args.height, args.duration, args.shard_size,
                                         args.frames_job, args.repeats)

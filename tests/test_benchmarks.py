@@ -129,3 +129,39 @@ def test_scale_frames_comparison_runs_on_a_jobs_own_clips(prefect_harness, tmp_p
     assert 0.0 <= f["overhead_share"] < 1.0 and 0.0 <= f["engine_overhead_share"] < 1.0
     diffs = [d - p for d, p in zip(f["dask_1w_runs"], f["plain_dask_1w_runs"])]
     assert f["overhead_share_paired_mean"] == pytest.approx(sum(diffs) / sum(f["dask_1w_runs"]))
+
+
+def test_prefect_overhead_split_adds_up_and_says_when_nothing_was_sampled():
+    split = _script("prefect_overhead").split
+    clips = [(12.0, 12.5, 0.4), (10.5, 11.0, 0.5), (11.2, 11.9, 0.6)]  # (start, end, thread CPU), any order
+    parts = split(10.0, 13.0, clips)
+    assert parts["before"] == pytest.approx(0.5) and parts["after"] == pytest.approx(0.5)
+    assert parts["clips"] == pytest.approx(1.7) and parts["clips_cpu"] == pytest.approx(1.5)
+    assert parts["gaps"] == pytest.approx(0.3) and parts["n_clips"] == 3
+    assert sum(parts[k] for k in ("before", "clips", "gaps", "after")) == pytest.approx(parts["total"])
+    with pytest.raises(ValueError, match="no clip"):
+        split(0.0, 1.0, [])
+
+
+@pytest.mark.slow
+def test_prefect_overhead_script_splits_both_runs_and_ends_with_its_line(prefect_harness, tmp_path, capsys):
+    """Tiny sizes: 4 generated clips, the 1-worker frames stage as the Prefect flow and on plain Dask, two rounds,
+    each run's time split by the worker's probe into parts that add up to it (no speed is asserted)."""
+    out = tmp_path / "po.json"
+    result = _script("prefect_overhead").main(["--clips", "4", "--rounds", "2", "--width", "64", "--height", "48",
+                                               "--duration", "2", "--json", str(out)])
+    assert result["clips"] == 4
+    for name in ("prefect", "plain"):
+        assert len(result["runs"][name]) == 2
+        for run in result["runs"][name]:
+            assert run["n_clips"] == 4 and 0 < run["clips_cpu"] <= run["clips"] * 1.05 + 0.01
+            assert sum(run[k] for k in ("before", "clips", "gaps", "after")) == pytest.approx(run["total"])
+            assert run["worker_thread_cpu"]["Dask-Default-Threads"] > 0  # the thread that ran the shards
+        # the first round is left out of the means
+        assert result["means"][name]["total"][0] == pytest.approx(result["runs"][name][1]["total"])
+    d = result["prefect_minus_plain"]
+    assert d["total"] == pytest.approx(sum(d[k] for k in ("before", "clips", "gaps", "after")))
+    assert result["share"] == pytest.approx(d["total"] / result["means"]["prefect"]["total"][0])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == result["summary"] == json.loads(out.read_text())["summary"]
+    assert printed[-1].startswith(f"prefect_overhead_s={d['total']:.2f} share=")
