@@ -229,13 +229,31 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     options = TrainOptions.model_validate(spec["options"])
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    finished = False
     try:
         fit(Path(spec["dataset_dir"]), options, seed=int(spec["seed"]), work_dir=Path(spec["work_dir"]),
             callback=EventWriter(Path(spec["events"])) if rank0 else None)
+        finished = True
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave(finished)
     return 0
+
+
+def leave(finished: bool) -> None:
+    """Tear the process group down before returning. With ``destroy_process_group`` alone, a rank sometimes died
+    at interpreter exit, after training had finished ("terminate called without an active exception", SIGABRT,
+    no Python frame left: gloo's C++ teardown): 3 of ~20 two-rank runs here. The ranks now wait for each other
+    first (only when this one finished: a failed rank must not hang the other), so neither tears its end down
+    while the other still uses the group, and collect garbage before destroying it (which alone also stopped it,
+    15 of 15 runs; why is not pinned down). Both together: 0 of 30 runs."""
+    import gc
+
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -119,3 +119,23 @@ def test_train_stage_with_two_processes_registers_one_model(prefect_harness, ds,
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
     assert run.data.metrics["test/accuracy"] == one_process.test_metrics["accuracy"]
     assert math.isclose(run.data.metrics["test/loss"], one_process.test_metrics["loss"], abs_tol=TOLERANCE)
+
+
+def test_leaving_destroys_the_group_and_needs_none():
+    """``leave`` (a rank's last step): a no-op without a process group; with one (a single gloo rank here),
+    it destroys it, after a barrier when this rank finished."""
+    import socket
+
+    import torch.distributed as dist
+
+    from model.distributed import leave
+
+    leave(True)  # no group: nothing to do
+    for finished in (True, False):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        assert dist.is_initialized()
+        leave(finished)
+        assert not dist.is_initialized()
