@@ -47,7 +47,7 @@ def _install_probe() -> None:
     from tasks.lib import sampling
 
     records: list[tuple[float, float, float]] = []
-    inner = getattr(sampling.sample_clip_info, "__wrapped__", sampling.sample_clip_info)
+    inner = getattr(sampling.sample_clip_info, "probe_inner", sampling.sample_clip_info)
 
     def timed(*args, **kwargs):
         t, c = _time.time(), _time.thread_time()
@@ -56,7 +56,7 @@ def _install_probe() -> None:
         finally:
             records.append((t, _time.time(), _time.thread_time() - c))
 
-    timed.__wrapped__ = inner
+    timed.probe_inner = inner
     timed.records = records
     sampling.sample_clip_info = timed
 
@@ -70,7 +70,7 @@ def _collect_probe() -> dict:
 
     probe = sampling.sample_clip_info
     records = list(getattr(probe, "records", []))
-    sampling.sample_clip_info = getattr(probe, "__wrapped__", probe)
+    sampling.sample_clip_info = getattr(probe, "probe_inner", probe)
     threads: dict[str, float] = {}
     names = {t.native_id: t.name for t in threading.enumerate()}
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
