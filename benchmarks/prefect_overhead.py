@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 import scale  # noqa: E402  -- puts the project root on sys.path and the embedded Prefect defaults in place
 
 PARTS = ("before", "clips", "gaps", "after")
+FIGURES = ("total", *PARTS, "clips_cpu")  # what each run records and the summary compares
 
 
 # -- on the worker (sent with client.run; self-contained) -----------------------------------------------------------
@@ -162,14 +163,14 @@ def measure(work: Path, clips: int, rounds: int, width: int = 320, height: int =
             parts = split(t0, time.time(), probe.collected["clips"])
             parts["worker_thread_cpu"] = probe.collected["threads"]
             runs[name].append(parts)
-            print(f"round {r} {name}: " + " ".join(f"{k} {parts[k]:.2f}" for k in ("total", *PARTS, "clips_cpu")),
+            print(f"round {r} {name}: " + " ".join(f"{k} {parts[k]:.2f}" for k in FIGURES),
                   flush=True)
     kept = runs if rounds < 2 else {k: v[1:] for k, v in runs.items()}  # the first round warms up
     out: dict = {"clips": runs["prefect"][0]["n_clips"], "rounds": rounds, "runs": runs, "means": {}}
     for name, rs in kept.items():
-        out["means"][name] = {k: _mean_se([x[k] for x in rs]) for k in ("total", *PARTS, "clips_cpu")}
+        out["means"][name] = {k: _mean_se([x[k] for x in rs]) for k in FIGURES}
     m = out["means"]
-    out["prefect_minus_plain"] = {k: m["prefect"][k][0] - m["plain"][k][0] for k in ("total", *PARTS, "clips_cpu")}
+    out["prefect_minus_plain"] = {k: m["prefect"][k][0] - m["plain"][k][0] for k in FIGURES}
     out["share"] = out["prefect_minus_plain"]["total"] / m["prefect"]["total"][0]
     return out
 
