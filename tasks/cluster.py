@@ -25,6 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.lib.cluster import shard_size_for, shards, worker_environment
 from tasks.lib.config import ClusterConfig
+from tasks.lib.errors import ServiceUnavailable, UserError
 from tasks.progress import gather
 
 
@@ -49,6 +50,22 @@ def dask_runner(cluster: ClusterConfig):
         cluster_kwargs={"n_workers": cluster.workers, "threads_per_worker": 1, "processes": True,
                         "dashboard_address": None, "env": worker_environment(flow_api_url(), dict(os.environ))},
     )
+
+
+def connect(runner, cluster: ClusterConfig):
+    """The runner's Dask client. An existing scheduler (``cluster.address``) that is malformed or does not answer
+    within Dask's connect timeout (``distributed.comm.timeouts.connect``, 30 s) fails the stage with one line that
+    names the setting and the fix, before any clip is touched, instead of a bare OSError or ValueError."""
+    if not cluster.address:
+        return runner.client
+    try:
+        return runner.client
+    except ValueError as e:  # distributed's address parsing: a scheme it does not know, no port, ...
+        raise UserError(f"cluster.address {cluster.address!r} is not a Dask scheduler address like "
+                        f"tcp://host:8786 ({e})") from None
+    except OSError as e:
+        raise ServiceUnavailable(f"the Dask scheduler at {cluster.address} (cluster.address) is not reachable ({e}): "
+                                 "start it (`dask scheduler`, README \"Scaling out\") or fix cluster.address") from None
 
 
 class Shard:
@@ -101,7 +118,7 @@ def map_clips(cluster: ClusterConfig, stage: str, per_clip: Any, key: str, items
             futures = runner.map(per_clip, {key: items, **{k: unmapped(v) for k, v in kwargs.items()}})
             return gather(futures, stage)
     with dask_runner(cluster) as runner:
-        threads_on_cluster = sum(runner.client.nthreads().values())  # an existing scheduler's, or our LocalCluster's
+        threads_on_cluster = sum(connect(runner, cluster).nthreads().values())  # an existing scheduler's, or ours
         parts = shards(items, shard_size_for(cluster.shard_size, len(items), threads_on_cluster))
         futures = runner.map(run_shard, {
             "stage": unmapped(stage), "index": list(range(len(parts))), "per_clip": unmapped(per_clip),

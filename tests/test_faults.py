@@ -135,8 +135,8 @@ def demo_source(tmp_path_factory):
     return src, csv
 
 
-def _vivit(args: list[str], *, api: bool = True, **kw) -> subprocess.Popen:
-    env = dict(ENV)
+def _vivit(args: list[str], *, api: bool = True, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    env = {**ENV, **(env or {})}
     if api:
         from prefect.settings import PREFECT_API_URL
 
@@ -364,6 +364,24 @@ def test_an_unreachable_tracking_server_fails_in_seconds_in_one_line(prefect_har
     assert p.returncode == 1, err[-2000:]
     assert f"MLflow tracking server {uri} is not reachable" in out and "Traceback" not in out + err
     assert took < 60  # the check itself is bounded by 30 s; the rest is starting Python and Prefect
+
+
+@pytest.mark.parametrize("address, code, line", [
+    (None, 1, "the Dask scheduler at {a} (cluster.address) is not reachable (Timed out trying to connect"),
+    ("127.0.0.1", 2, "cluster.address '127.0.0.1' is not a Dask scheduler address like tcp://host:8786 (missing port"),
+])
+def test_a_dask_scheduler_that_is_down_or_misspelt_fails_in_one_line(prefect_harness, tmp_path, demo_source,
+                                                                     address, code, line):
+    """``cluster.address`` naming no scheduler (a closed port; Dask's connect timeout cut to 2 s with Dask's own
+    environment variable) or no address at all: the stage fails with one line naming the setting and the fix,
+    before any clip is downloaded."""
+    a = address or f"tcp://127.0.0.1:{_free_port()}"
+    p = _vivit(["download", *_common(tmp_path, demo_source), "--set", "cluster.engine=dask",
+                "--set", f"cluster.address={a}"], env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == code, err[-2000:]
+    assert f"vivit: {line.format(a=a)}" in err and "Traceback" not in out + err, err[-2000:]
+    assert not [f for f in (tmp_path / "data" / "raw").rglob("*") if f.is_file()]
 
 
 def test_a_tracking_server_lost_mid_training_is_one_line_and_training_goes_on():
