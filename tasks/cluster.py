@@ -10,7 +10,8 @@ fingerprints do not depend on the engine.
 Workers report to the flow's Prefect API. A Dask worker that has no ``PREFECT_API_URL`` starts a temporary API
 server of its own (18.8 s for 6 tasks measured), and its task runs never show up in the flow's server: a
 ``LocalCluster`` started here gets the flow's API URL in its workers' environment; workers of an existing
-scheduler (``cluster.address``) must be started with it (README, "Scaling out").
+scheduler (``cluster.address``) must be started with it (README, "Scaling out"), and a stage refuses those that
+were not (:func:`check_workers_report_here`).
 """
 from __future__ import annotations
 
@@ -68,6 +69,30 @@ def connect(runner, cluster: ClusterConfig):
                                  "start it (`dask scheduler`, README \"Scaling out\") or fix cluster.address") from None
 
 
+def _prefect_api_url() -> str | None:
+    """Run on each worker: the Prefect API its task runs will report to (environment or profile)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+def check_workers_report_here(client, api_url: str) -> None:
+    """Workers of an existing scheduler must be started with the flow's Prefect API (README "Scaling out"): one
+    without any would start a temporary Prefect server of its own for its task runs (6 tasks took 18.8 s), which
+    this flow's UI never sees, so that is refused in one line. One with another URL may name the same server by
+    another host name: a warning. Checked for the workers there when the stage starts."""
+    urls = client.run(_prefect_api_url)
+    missing = sorted(w for w, url in urls.items() if not url)
+    if missing:
+        raise UserError(f"Dask worker(s) {', '.join(missing)} have no PREFECT_API_URL: each would start a temporary "
+                        f"Prefect server of its own, and their task runs would not reach this flow's API; start the "
+                        f"workers with PREFECT_API_URL={api_url} (README \"Scaling out\")")
+    other = sorted({url for url in urls.values() if url.rstrip("/") != api_url.rstrip("/")})
+    if other:
+        get_run_logger().warning("Dask workers report to %s, this flow to %s: the same server under another name, "
+                                 "or their task runs go elsewhere", ", ".join(other), api_url)
+
+
 class Shard:
     """One shard's items, as one plain object: Prefect walks a task's list and dict parameters looking for futures
     (twice, on the worker: 28 ms of each shard task run's ~180 ms for 50 clips, measured), and a plain object is a
@@ -118,7 +143,10 @@ def map_clips(cluster: ClusterConfig, stage: str, per_clip: Any, key: str, items
             futures = runner.map(per_clip, {key: items, **{k: unmapped(v) for k, v in kwargs.items()}})
             return gather(futures, stage)
     with dask_runner(cluster) as runner:
-        threads_on_cluster = sum(connect(runner, cluster).nthreads().values())  # an existing scheduler's, or ours
+        client = connect(runner, cluster)
+        if cluster.address:  # a LocalCluster of ours has the flow's API in its workers' environment
+            check_workers_report_here(client, flow_api_url())
+        threads_on_cluster = sum(client.nthreads().values())  # an existing scheduler's, or our LocalCluster's
         parts = shards(items, shard_size_for(cluster.shard_size, len(items), threads_on_cluster))
         futures = runner.map(run_shard, {
             "stage": unmapped(stage), "index": list(range(len(parts))), "per_clip": unmapped(per_clip),

@@ -384,6 +384,25 @@ def test_a_dask_scheduler_that_is_down_or_misspelt_fails_in_one_line(prefect_har
     assert not [f for f in (tmp_path / "data" / "raw").rglob("*") if f.is_file()]
 
 
+def test_dask_workers_without_the_flows_prefect_api_are_refused_in_one_line(prefect_harness, tmp_path, demo_source):
+    """Workers of an existing scheduler started without PREFECT_API_URL would each start a temporary Prefect server
+    that the flow's UI never sees: the stage refuses them, naming the worker and the URL to give them, before any
+    clip is downloaded."""
+    from distributed import LocalCluster
+    from prefect.settings import PREFECT_API_URL
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"PREFECT_API_URL": ""}) as lc:
+        worker = next(iter(lc.scheduler_info["workers"]))
+        p = _vivit(["download", *_common(tmp_path, demo_source), "--set", "cluster.engine=dask",
+                    "--set", f"cluster.address={lc.scheduler_address}"])
+        out, err = p.communicate(timeout=180)
+    assert p.returncode == 2, err[-2000:]
+    assert (f"vivit: Dask worker(s) {worker} have no PREFECT_API_URL" in err
+            and f"start the workers with PREFECT_API_URL={PREFECT_API_URL.value()}" in err), err[-2000:]
+    assert "Traceback" not in out + err and not [f for f in (tmp_path / "data" / "raw").rglob("*") if f.is_file()]
+
+
 def test_a_tracking_server_lost_mid_training_is_one_line_and_training_goes_on():
     from tasks.tracking import MlflowReporter
 
