@@ -24,7 +24,7 @@ from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.lib.cluster import shard_size_for, shards, worker_environment
+from tasks.lib.cluster import api_url_mismatches, shard_size_for, shards, worker_environment
 from tasks.lib.config import ClusterConfig
 from tasks.lib.errors import ServiceUnavailable, UserError
 from tasks.progress import gather
@@ -57,7 +57,7 @@ def connect(runner, cluster: ClusterConfig):
     """The runner's Dask client. An existing scheduler (``cluster.address``) that is malformed or does not answer
     within Dask's connect timeout (``distributed.comm.timeouts.connect``, 30 s) fails the stage with one line that
     names the setting and the fix, before any clip is touched, instead of a bare OSError or ValueError."""
-    if not cluster.address:
+    if not cluster.address:  # a LocalCluster of ours: a failure to start it is not about the user's address
         return runner.client
     try:
         return runner.client
@@ -81,13 +81,11 @@ def check_workers_report_here(client, api_url: str) -> None:
     without any would start a temporary Prefect server of its own for its task runs (6 tasks took 18.8 s), which
     this flow's UI never sees, so that is refused in one line. One with another URL may name the same server by
     another host name: a warning. Checked for the workers there when the stage starts."""
-    urls = client.run(_prefect_api_url)
-    missing = sorted(w for w, url in urls.items() if not url)
+    missing, other = api_url_mismatches(client.run(_prefect_api_url), api_url)
     if missing:
         raise UserError(f"Dask worker(s) {', '.join(missing)} have no PREFECT_API_URL: each would start a temporary "
                         f"Prefect server of its own, and their task runs would not reach this flow's API; start the "
                         f"workers with PREFECT_API_URL={api_url} (README \"Scaling out\")")
-    other = sorted({url for url in urls.values() if url.rstrip("/") != api_url.rstrip("/")})
     if other:
         get_run_logger().warning("Dask workers report to %s, this flow to %s: the same server under another name, "
                                  "or their task runs go elsewhere", ", ".join(other), api_url)

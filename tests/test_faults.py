@@ -373,8 +373,8 @@ def test_an_unreachable_tracking_server_fails_in_seconds_in_one_line(prefect_har
 def test_a_dask_scheduler_that_is_down_or_misspelt_fails_in_one_line(prefect_harness, tmp_path, demo_source,
                                                                      address, code, line):
     """``cluster.address`` naming no scheduler (a closed port; Dask's connect timeout cut to 2 s with Dask's own
-    environment variable) or no address at all: the stage fails with one line naming the setting and the fix,
-    before any clip is downloaded."""
+    environment variable) or one Dask cannot parse (no port): the stage fails with one line naming the setting and
+    the fix, before any clip is downloaded."""
     a = address or f"tcp://127.0.0.1:{_free_port()}"
     p = _vivit(["download", *_common(tmp_path, demo_source), "--set", "cluster.engine=dask",
                 "--set", f"cluster.address={a}"], env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})

@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 
-from tasks.lib.cluster import shard_size_for, shards, worker_environment
+from tasks.lib.cluster import api_url_mismatches, shard_size_for, shards, worker_environment
 from tasks.lib.config import PipelineConfig
 
 
@@ -42,6 +42,13 @@ def test_workers_get_the_flows_api_and_settings():
                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1"}
     with pytest.raises(ValueError, match="API URL"):
         worker_environment("", {})
+
+
+def test_workers_without_the_flows_api_are_told_apart_from_workers_with_another_url():
+    api = "http://prefect:4200/api"
+    urls = {"tcp://a:1": api + "/", "tcp://b:1": None, "tcp://c:1": "", "tcp://d:1": "http://10.0.0.2:4200/api"}
+    assert api_url_mismatches(urls, api) == (["tcp://b:1", "tcp://c:1"], ["http://10.0.0.2:4200/api"])
+    assert api_url_mismatches({"tcp://a:1": api}, api) == ([], [])
 
 
 def test_the_data_stages_import_without_torch():

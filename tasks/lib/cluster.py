@@ -45,3 +45,10 @@ def worker_environment(api_url: str, environ: Mapping[str, str]) -> dict[str, st
     env = {k: environ[k] for k in _PASSED_ON if environ.get(k)}
     env.update({"PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1"})
     return env
+
+
+def api_url_mismatches(worker_urls: Mapping[str, str | None], api_url: str) -> tuple[list[str], list[str]]:
+    """(workers with no Prefect API URL, the other URLs some workers have) against the flow's ``api_url``."""
+    missing = sorted(w for w, url in worker_urls.items() if not url)
+    other = sorted({url for url in worker_urls.values() if url and url.rstrip("/") != api_url.rstrip("/")})
+    return missing, other
