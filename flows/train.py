@@ -15,7 +15,7 @@ from tasks.lib.config import TrainStage
 from tasks.lib.errors import StageFailed, failed_summary, is_disk_full, disk_full_message
 from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
-from tasks.guards import check_space_for_training, check_tracking_store
+from tasks.guards import check_space_for_training, check_tracking_store, check_training_device
 from tasks.train import (
     DatasetMissingError, find_reusable_run, log_training, read_dataset_info, register_model, run_tags, summary_message,
     train_key, train_model, training_summary,
@@ -47,6 +47,7 @@ def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
         cost = describe(config.train.model, num_frames=view.num_frames, image_size=info.image_size,
                         in_channels=view.channels)
         check_space_for_training(config, cost.get("params"))
+        check_training_device(config)
         try:
             res = _train_and_register(config, info, key)
         except Exception as e:  # noqa: BLE001 - two known outages get one line each; anything else is a bug

@@ -67,6 +67,15 @@ def in_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def check_gpus(ranks_per_node: int, device: torch.device, gpus: int) -> None:
+    """nccl wants one GPU per rank: two ranks on one GPU fail inside NCCL, and a rank past the last GPU fails in
+    ``set_device`` with "invalid device ordinal", both only after the ranks have started. Refuse before, naming
+    the settings (ValueError)."""
+    if device.type == "cuda" and ranks_per_node > gpus:
+        raise ValueError(f"train.processes={ranks_per_node} on CUDA needs one GPU per process, and this machine has "
+                         f"{gpus}: set train.processes to at most {gpus}, or train.device: cpu for CPU processes (gloo)")
+
+
 def join(device_name: str) -> Ranks:
     """Join the process group torchrun describes: nccl when this rank has a GPU, gloo otherwise."""
     if not in_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
@@ -74,7 +83,9 @@ def join(device_name: str) -> Ranks:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     gpu = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
-        if gpu:
+        if gpu:  # torchrun --nnodes by hand: --nproc_per_node is LOCAL_WORLD_SIZE
+            check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", local + 1)), torch.device("cuda"),
+                       torch.cuda.device_count())
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if gpu else "gloo")
     return Ranks(dist.get_rank(), dist.get_world_size(), local)
@@ -177,9 +188,9 @@ def torchrun_command(spec: Path, nproc: int) -> list[str]:
 def launch(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path, callback: Any = None):
     """Train with ``options.processes`` ranks under torchrun on this machine, then evaluate ``best.pt`` here.
     Raises RuntimeError with the tail of the ranks' log when torchrun fails."""
-    from model.training import collect
+    from model.training import collect, resolve_device
 
-    per_rank_batch(options.batch_size, Ranks(world=options.processes))  # refuse before starting processes
+    check_gpus(options.processes, resolve_device(options.device), torch.cuda.device_count())
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     spec, events, log_path = work_dir / SPEC_FILE, work_dir / EVENTS_FILE, work_dir / LOG_FILE

@@ -118,6 +118,13 @@ class TrainOptions(BaseModel):
                              "set train.input: rgb (and train.view_frames / frames.size to the checkpoint's)")
         return self
 
+    @model_validator(mode="after")
+    def _batch_splits_across_processes(self) -> "TrainOptions":
+        if self.batch_size % self.processes:
+            raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.processes="
+                             f"{self.processes} (it is the global batch, split evenly across the processes)")
+        return self
+
     @property
     def view(self) -> ViewSpec:
         from model.views import ViewSpec  # torch, like the presets

@@ -98,11 +98,19 @@ class TrainCallback(Protocol):
 
 # -- small pieces ------------------------------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
+    """``train.device`` on this machine; RuntimeError naming the setting for one it does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RuntimeError(f"train.device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        raise RuntimeError(f"train.device {name!r}: CUDA is not available on this machine (torch {torch.__version__}): "
+                           "use train.device: auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RuntimeError(f"train.device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

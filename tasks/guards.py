@@ -31,6 +31,21 @@ def check_space_for_training(config: TrainStage, params: int | None) -> None:
         raise StageFailed(failed_summary("train", f"{e}: free some space or move data_dir")) from None
 
 
+def check_training_device(config: TrainStage) -> None:
+    """A device this machine lacks (``train.device: cuda`` without CUDA), or more CUDA processes than GPUs, is a
+    setting to change: refused before the MLflow run opens and the ranks start, not as an error from inside them."""
+    import torch
+
+    from model.distributed import check_gpus
+    from model.training import resolve_device
+
+    try:
+        device = resolve_device(config.train.device)
+        check_gpus(config.train.processes, device, torch.cuda.device_count())
+    except (RuntimeError, ValueError) as e:
+        raise StageFailed(failed_summary("train", str(e)), user_error=True) from None
+
+
 def check_tracking_store(uri: str) -> None:
     from tasks import tracking
 

@@ -75,9 +75,21 @@ def test_two_gloo_processes_match_one(ds, one_process, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").glob("*.pt")) == ["best.pt", "last.pt"]
 
 
-def test_batch_must_split_evenly(ds, tmp_path):
-    with pytest.raises(ValueError, match="multiple of train.processes"):
-        fit(ds, opts(processes=2, batch_size=3, epochs=1), work_dir=tmp_path / "odd")
+def test_batch_must_split_evenly():
+    """A config error, refused when the options are read (the CLI's exit 2), not by the ranks once started."""
+    with pytest.raises(ValueError, match="train.batch_size=3 must be a multiple of train.processes=2"):
+        opts(processes=2, batch_size=3)
+    assert opts(processes=2, batch_size=4).processes == 2
+
+
+def test_cuda_processes_need_one_gpu_each():
+    from model.distributed import check_gpus
+
+    check_gpus(4, torch.device("cpu"), 0)  # gloo ranks share the CPU
+    check_gpus(2, torch.device("cuda"), 2)
+    with pytest.raises(ValueError, match="train.processes=2 on CUDA needs one GPU per process, and this machine "
+                                         "has 1: set train.processes to at most 1, or train.device: cpu"):
+        check_gpus(2, torch.device("cuda"), 1)
 
 
 def test_a_one_process_checkpoint_resumes_on_two(ds, one_process, tmp_path):

@@ -439,6 +439,36 @@ def test_a_misspelt_preset_fails_at_config_load_with_did_you_mean(capsys):
     assert "train.model: unknown preset 'vivit-fe-tnyi': did you mean ['vivit-fe-tiny'" in err
 
 
+def test_a_batch_that_does_not_split_across_processes_fails_at_config_load(capsys):
+    from flows.cli import EXIT_USAGE, main
+
+    assert main(["train", "--nproc", "2", "--set", "train.batch_size=3"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "train.batch_size=3 must be a multiple of train.processes=2" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("device, line", [
+    ("cuda", "train.device 'cuda': CUDA is not available on this machine"),
+    ("gpu0", "train.device 'gpu0' is not a device: use auto, cpu, cuda or cuda:N"),
+])
+def test_a_device_this_machine_lacks_fails_before_training_in_one_line(prefect_harness, tmp_path, device, line):
+    """Before the check: an 'unexpected RuntimeError' (exit 1) from inside training, with an MLflow run opened and
+    failed for it. Now: exit 2, the setting named, and no run in the store."""
+    from mlflow import MlflowClient
+
+    from tests.support.tiny_dataset import noise_dataset
+
+    noise_dataset(tmp_path / "data" / "dataset", counts={"train": [2, 2], "val": [1, 1], "test": [1, 1]})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p = _vivit(["train", "--set", f"data_dir={tmp_path / 'data'}", "--set", f"mlflow.tracking_uri={uri}",
+                "--set", f"train.device={device}"])
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 2, err[-2000:]
+    assert line in out and "Traceback" not in out + err, out[-2000:] + err[-2000:]
+    assert not MlflowClient(uri).search_runs(
+        [e.experiment_id for e in MlflowClient(uri).search_experiments()])
+
+
 def test_disk_full_names_the_place_and_the_size(tmp_path):
     import errno
 
