@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -215,9 +216,25 @@ def launch(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path, callba
                 proc.terminate()
                 proc.wait(30)
     if proc.returncode != 0:
-        tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-12:])
-        raise RuntimeError(f"torchrun with {options.processes} processes exited {proc.returncode}: {tail}")
+        text = log_path.read_text(errors="replace")
+        cause = root_cause(text) or " | ".join(text.strip().splitlines()[-12:])
+        raise RuntimeError(f"torchrun with {options.processes} processes exited {proc.returncode}: {cause} "
+                           f"(the ranks' output: {log_path})")
     return collect(dataset_dir, options, seed=seed, work_dir=work_dir, callback=callback)
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:\[rank(\d+)\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception)\b.*)$")
+
+
+def root_cause(log: str) -> str | None:
+    """The first exception a rank printed, as ``rank N: Type: message``. torchrun's own summary ends the log and
+    names only an exit code, and the other ranks then fail too, on the broken connection (gloo's "Connection
+    closed by peer"): the first exception line is the one that explains the failure."""
+    for line in log.splitlines():
+        m = _EXCEPTION_LINE.match(line.strip())
+        if m and not m.group(2).startswith(("torch.distributed.elastic", "ChildFailedError")):
+            return f"rank {m.group(1)}: {m.group(2)}" if m.group(1) is not None else m.group(2)
+    return None
 
 
 def _relay(events: Path, seen: int, callback: Any) -> int:

@@ -82,6 +82,35 @@ def test_batch_must_split_evenly():
     assert opts(processes=2, batch_size=4).processes == 2
 
 
+def test_a_rank_that_fails_is_named_with_its_exception(tmp_path):
+    """A frames file lost after the dataset was written: rank 1 (which draws it) raises, rank 0 then fails on the
+    closed connection, and torchrun's summary names only exit codes. The launcher's error names the first."""
+    import shutil
+
+    root = noise_dataset(tmp_path / "ds", counts={"train": [4, 4], "val": [2, 2], "test": [2, 2]}, num_frames=4,
+                         size=32, classes=["a", "b"])
+    lost = sorted((root / "frames").rglob("*.npy"))[0]
+    lost.unlink()
+    with pytest.raises(RuntimeError) as info:
+        fit(root, opts(processes=2, epochs=1), work_dir=tmp_path / "run")
+    msg = str(info.value)
+    assert msg.startswith("torchrun with 2 processes exited 1: rank ")
+    assert f"FileNotFoundError: [Errno 2] No such file or directory: '{lost}'" in msg, msg
+    assert str(tmp_path / "run" / "ddp.log") in msg
+    shutil.rmtree(root)
+
+
+def test_root_cause_is_the_first_exception_line():
+    from model.distributed import root_cause
+
+    log = ("W1126 warning: something\n[rank1]:   File \"x.py\", line 3, in f\n[rank1]:     raise KeyError(k)\n"
+           "[rank1]: KeyError: 'clip'\n[rank0]: RuntimeError: Connection closed by peer\n"
+           "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n")
+    assert root_cause(log) == "rank 1: KeyError: 'clip'"
+    assert root_cause("ValueError: bad spec\n") == "ValueError: bad spec"
+    assert root_cause("exitcode  : 1\n") is None
+
+
 def test_cuda_processes_need_one_gpu_each():
     from model.distributed import check_gpus
 
