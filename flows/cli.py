@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--nproc", type=_positive_int, default=None,
                            help="DistributedDataParallel processes on this machine (same as --set train.processes=N)")
+    p = sub.add_parser("ddp-spec", help="prepare a training on several machines: write the ranks' spec and print "
+                       "the torchrun command each node runs (trains nothing)")
+    _config_args(p)
+    p.add_argument("--nnodes", type=_positive_int, required=True, help="machines")
+    p.add_argument("--nproc-per-node", type=_positive_int, required=True,
+                   help="training processes per machine (one per GPU on CUDA)")
+    p.add_argument("--rdzv-endpoint", default="HEAD_HOST:29500", metavar="HOST:PORT",
+                   help="where the nodes meet: any one of them, reachable from all (c10d rendezvous)")
     p = sub.add_parser("run", help="the chained pipeline (download -> filter -> frames -> train)")
     _config_args(p)
     p.add_argument("--stages", help="comma-separated subset, e.g. filter,frames")
@@ -209,6 +217,8 @@ def _main(args) -> int:
 
     if args.command == "predict":
         return _predict(cfg, args)
+    if args.command == "ddp-spec":
+        return _ddp_spec(cfg, args)
     if args.no_wait:
         os.environ["VIVIT_NO_WAIT"] = "1"
     if args.command == "run":
@@ -229,6 +239,34 @@ def _main(args) -> int:
     _next_steps(cfg, summaries)
     if failure is not None:
         return EXIT_USAGE if failure.user_error else EXIT_STAGE_FAILED
+    return EXIT_OK
+
+
+def _ddp_spec(cfg, args) -> int:
+    """``vivit ddp-spec``: the spec and the commands of a multi-node training (README, "Training on several
+    machines")."""
+    import shlex
+
+    from tasks.train import DatasetMissingError, prepare_multinode
+
+    try:
+        plan = prepare_multinode(cfg.stage("train"), args.nnodes, args.nproc_per_node, args.rdzv_endpoint)
+    except DatasetMissingError as e:
+        print(f"vivit: {e}", file=sys.stderr)
+        return EXIT_STAGE_FAILED
+    except ValueError as e:
+        print(f"vivit: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    again = ["vivit", "train", *(["--config", str(args.config)] if args.config else []),
+             *[x for o in args.overrides for x in ("--set", o)]]
+    print(f"wrote {plan.spec}")
+    print(f"{plan.world} training processes ({args.nnodes} node(s) x {args.nproc_per_node}), "
+          f"{plan.per_process_batch} clip(s) each of the global batch of {cfg.train.batch_size}")
+    print("1. on every node (this project installed, data_dir at the same path on a shared filesystem):")
+    print(f"   {shlex.join(plan.command)}")
+    print("2. when the ranks have finished, where the MLflow store is reachable (evaluates and registers the "
+          "finished run; trains nothing again):")
+    print(f"   {shlex.join(again)}")
     return EXIT_OK
 
 

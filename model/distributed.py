@@ -19,8 +19,9 @@ How it fits :func:`model.training.fit`:
 * Validation runs on rank 0 alone with the unwrapped network (evaluation is a few percent of an epoch) and its
   decision (best epoch, early stop) is broadcast, so every rank leaves the loop together.
 * Backend: gloo on CPU, nccl on CUDA (one GPU per rank, ``cuda:LOCAL_RANK``).
-* Multi-node: run the same entry point with ``torchrun --nnodes ... --node_rank ... --rdzv_endpoint ...`` on every
-  node (README, "Scaling out"); ``vivit train`` afterwards finds the finished ``last.pt`` and registers it.
+* Multi-node: ``vivit ddp-spec`` writes the spec (:func:`write_spec`) into the run's work dir and prints
+  :func:`multinode_command`, which every node runs; ``vivit train`` afterwards finds the finished ``last.pt`` there
+  and registers it (README, "Scaling out").
 
 Imports neither Prefect nor MLflow: the launcher is plain ``subprocess`` (never a shell).
 """
@@ -40,6 +41,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
+
+from model.atomic import atomic_write_text
 
 EVENTS_FILE = "ddp-events.jsonl"
 SPEC_FILE = "ddp-spec.json"
@@ -175,15 +178,32 @@ class EventWriter:
             os.fsync(f.fileno())
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+def write_spec(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path) -> Path:
+    """What every rank reads (``python -m model.distributed SPEC``): the dataset, the options, the seed, where to
+    checkpoint and where rank 0 reports its epochs. The ranks take their number from torchrun, not from
+    ``options.processes``. Paths are absolute: on several nodes they must name the same shared filesystem
+    (README, "Storage contract")."""
+    work_dir = Path(work_dir).resolve()
+    spec, events = work_dir / SPEC_FILE, work_dir / EVENTS_FILE
+    atomic_write_text(events, "")
+    atomic_write_text(spec, json.dumps({
+        "dataset_dir": str(Path(dataset_dir).resolve()), "work_dir": str(work_dir), "seed": seed,
+        "options": options.model_dump(mode="json"), "events": str(events)}, indent=1))
+    return spec
 
 
 def torchrun_command(spec: Path, nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "model.distributed", str(spec)]
+
+
+def multinode_command(spec: Path, nnodes: int, nproc_per_node: int, endpoint: str, run_id: str) -> list[str]:
+    """The command each of ``nnodes`` machines runs (the same on all: c10d rendezvous at ``endpoint`` numbers the
+    nodes). One node: ``--standalone``, no rendezvous host to name."""
+    if nnodes == 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={nproc_per_node}", "-m", "model.distributed", str(spec)]
+    return ["torchrun", f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={endpoint}", f"--rdzv_id={run_id}", "-m", "model.distributed", str(spec)]
 
 
 def launch(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path, callback: Any = None):
@@ -192,12 +212,8 @@ def launch(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path, callba
     from model.training import collect, resolve_device
 
     check_gpus(options.processes, resolve_device(options.device), torch.cuda.device_count())
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    spec, events, log_path = work_dir / SPEC_FILE, work_dir / EVENTS_FILE, work_dir / LOG_FILE
-    events.write_text("")
-    _write_json(spec, {"dataset_dir": str(Path(dataset_dir).resolve()), "work_dir": str(work_dir.resolve()),
-                       "seed": seed, "options": options.model_dump(mode="json"), "events": str(events.resolve())})
+    spec = write_spec(dataset_dir, options, seed=seed, work_dir=work_dir)
+    events, log_path = spec.with_name(EVENTS_FILE), spec.with_name(LOG_FILE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                       os.environ.get("PYTHONPATH")]))}
     seen = 0

@@ -4,7 +4,7 @@ answer: a failed training is a bug to read, not flaky IO to try again."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,35 @@ def train_key(config: TrainStage, dataset_info: DatasetInfo) -> str:
     The same key means training again would reproduce the registered model."""
     return stable_hash({"dataset": dataset_info.fingerprint, "train": config.train.determining(),
                         "seed": config.seed})
+
+
+@dataclass(frozen=True)
+class MultinodeTraining:
+    spec: Path  # ddp-spec.json in the run's work dir
+    work_dir: Path
+    world: int
+    per_process_batch: int
+    command: list[str]  # what every node runs
+
+
+def prepare_multinode(config: TrainStage, nnodes: int, nproc_per_node: int, endpoint: str) -> MultinodeTraining:
+    """The spec of a training over ``nnodes`` machines, in the work dir ``vivit train`` would use for the same
+    dataset, options and seed, so that ``vivit train`` run afterwards finds the finished checkpoints there,
+    evaluates and registers them instead of training again. Nothing is trained here. Raises
+    DatasetMissingError, and ValueError for a global batch that does not split across the processes."""
+    from model.distributed import multinode_command, write_spec
+
+    info = read_dataset_info.fn(config.dataset_dir)
+    world = nnodes * nproc_per_node
+    if config.train.batch_size % world:
+        raise ValueError(f"train.batch_size={config.train.batch_size} (the global batch) must be a multiple of the "
+                         f"{world} processes ({nnodes} node(s) x {nproc_per_node})")
+    key = train_key(config, info)
+    work_dir = (config.data_dir / "runs" / key).resolve()
+    spec = write_spec(info.path, config.train, seed=config.seed, work_dir=work_dir)
+    return MultinodeTraining(spec=spec, work_dir=work_dir, world=world,
+                             per_process_batch=config.train.batch_size // world,
+                             command=multinode_command(spec, nnodes, nproc_per_node, endpoint, key[:12]))
 
 
 @task(name="find-reusable-run")
@@ -221,9 +250,11 @@ def train_model(config: TrainStage, dataset_info: DatasetInfo, key: str, run_id:
     from model.training import fit
 
     _log_inputs(config, dataset_info)
-    callback = _Callbacks(tracking.MlflowReporter(run_id), _PrefectProgress(config.train.epochs))
-    return fit(dataset_info, config.train, seed=config.seed, work_dir=config.data_dir / "runs" / key,
-               callback=callback)
+    reporter = tracking.MlflowReporter(run_id)
+    result = fit(dataset_info, config.train, seed=config.seed, work_dir=config.data_dir / "runs" / key,
+                 callback=_Callbacks(reporter, _PrefectProgress(config.train.epochs)))
+    reporter.backfill(result.history)  # epochs trained before a resume, or by ranks on other machines
+    return result
 
 
 @task(name="log-training", cache_policy=NO_CACHE)

@@ -6,6 +6,7 @@ recall must be equal. The train stage registers the model once, from the calling
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +181,73 @@ def test_leaving_destroys_the_group_and_needs_none():
         assert dist.is_initialized()
         leave(finished)
         assert not dist.is_initialized()
+
+
+def test_a_training_on_several_machines_is_prepared_run_by_torchrun_and_registered(prefect_harness, ds, one_process,
+                                                                                     tmp_path, capsys):
+    """`vivit ddp-spec` writes the spec into the work dir `vivit train` uses and prints the commands; the ranks run
+    exactly the printed torchrun command (one node here: --standalone); the printed `vivit train` then registers
+    that run without training again (last.pt untouched), and the MLflow run carries every epoch the ranks
+    trained."""
+    import json
+    import os
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.cli import EXIT_OK, EXIT_STAGE_FAILED, EXIT_USAGE, main
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(ds, tmp_path / "data" / "dataset")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [f"data_dir={tmp_path / 'data'}", f"mlflow.tracking_uri={uri}", "frames.num_frames=4", "frames.size=32",
+            *[f"train.{k}={v}" for k, v in opts().model_dump(mode="json").items()
+              if k in ("model", "input", "view_frames", "test_views", "selection_smoothing", "min_epochs", "epochs",
+                       "batch_size", "lr", "warmup_epochs", "precision")], "train.patience=null"]
+    args = [x for s in sets for x in ("--set", s)]
+
+    assert main(["ddp-spec", "--set", f"data_dir={tmp_path / 'none'}", "--nnodes", "1", "--nproc-per-node", "2"]) \
+        == EXIT_STAGE_FAILED
+    assert "has no manifest.parquet + dataset.json: run the frames stage first" in capsys.readouterr().err
+    assert main(["ddp-spec", *args, "--nnodes", "2", "--nproc-per-node", "3"]) == EXIT_USAGE  # 4 clips, 6 ranks
+    assert "train.batch_size=4 (the global batch) must be a multiple of the 6 processes" in capsys.readouterr().err
+
+    assert main(["ddp-spec", *args, "--nnodes", "1", "--nproc-per-node", "2"]) == EXIT_OK
+    out = capsys.readouterr().out.splitlines()
+    spec = Path(out[0].removeprefix("wrote "))
+    ranks_cmd = shlex.split(out[out.index(next(ln for ln in out if ln.startswith("1."))) + 1])
+    train_cmd = shlex.split(out[out.index(next(ln for ln in out if ln.startswith("2."))) + 1])
+    assert ranks_cmd[:2] == ["torchrun", "--standalone"] and ranks_cmd[-1] == str(spec)
+    assert train_cmd[:2] == ["vivit", "train"] and json.loads(spec.read_text())["seed"] == 0
+
+    env = {**os.environ, "PYTHONPATH": str(root), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", *ranks_cmd[1:]], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert ranks.returncode == 0, ranks.stderr[-2000:]
+    events = [json.loads(ln) for ln in (spec.parent / "ddp-events.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events] == [1, 2]
+    last = spec.parent / "last.pt"
+    before = last.stat().st_mtime_ns
+
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *train_cmd[1:]], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert last.stat().st_mtime_ns == before  # evaluated and registered, not trained again
+    client = MlflowClient(uri, registry_uri=uri)  # not the registry an earlier test set in this process
+    assert [int(v.version) for v in client.search_model_versions("name='vivit-kinetics'")] == [1]
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    losses = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert losses == [(e["epoch"], pytest.approx(e["metrics"]["train_loss"])) for e in events]
+    assert run.data.metrics["test/accuracy"] == one_process.test_metrics["accuracy"]
+
+
+def test_the_multinode_command_meets_at_one_endpoint():
+    from model.distributed import multinode_command
+
+    cmd = multinode_command(Path("/shared/runs/k/ddp-spec.json"), 4, 8, "head:29500", "k")
+    assert cmd == ["torchrun", "--nnodes=4", "--nproc_per_node=8", "--rdzv_backend=c10d",
+                   "--rdzv_endpoint=head:29500", "--rdzv_id=k", "-m", "model.distributed", "/shared/runs/k/ddp-spec.json"]

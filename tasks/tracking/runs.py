@@ -67,6 +67,7 @@ class MlflowReporter:
         self.run_id = run_id
         self.client = MlflowClient()
         self.broken: str | None = None
+        self.logged: set[int] = set()
         self._warn = warn or (lambda msg: print(f"vivit: {msg}", flush=True))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -75,10 +76,20 @@ class MlflowReporter:
         clean = {metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
         try:
             mlflow.log_metrics(clean, step=int(epoch), run_id=self.run_id)
+            self.logged.add(int(epoch))
         except Exception as e:  # noqa: BLE001 - the tracking store is not the training
             self.broken = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
             self._warn(f"MLflow stopped answering at epoch {epoch} ({self.broken}); training goes on and keeps "
                        "its checkpoints; re-run the train stage once the store is back to register the model")
+
+
+    def backfill(self, history: list[dict[str, float]]) -> None:
+        """The epochs this run did not see: those trained before a resume, or all of them for a training that
+        ranks on other machines ran (``vivit ddp-spec``). The registered run then carries the whole curve."""
+        for row in history:
+            epoch = int(row["epoch"])
+            if epoch not in self.logged:
+                self.on_epoch_end(epoch, {k: v for k, v in row.items() if k != "epoch"})
 
 
 OWNER_TAGS = ("vivit.pid", "vivit.host", "vivit.proc_start")
