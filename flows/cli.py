@@ -244,7 +244,7 @@ def _main(args) -> int:
 
 def _ddp_spec(cfg, args) -> int:
     """``vivit ddp-spec``: the spec and the commands of a multi-node training (README, "Training on several
-    machines")."""
+    processes", Multi-node)."""
     import shlex
 
     from tasks.train import DatasetMissingError, prepare_multinode

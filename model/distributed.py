@@ -208,7 +208,7 @@ def multinode_command(spec: Path, nnodes: int, nproc_per_node: int, endpoint: st
 
 def launch(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path, callback: Any = None):
     """Train with ``options.processes`` ranks under torchrun on this machine, then evaluate ``best.pt`` here.
-    Raises RuntimeError with the tail of the ranks' log when torchrun fails."""
+    Raises RuntimeError naming the first exception a rank printed (:func:`root_cause`) when torchrun fails."""
     from model.training import collect, resolve_device
 
     check_gpus(options.processes, resolve_device(options.device), torch.cuda.device_count())

@@ -67,7 +67,7 @@ def prepare_multinode(config: TrainStage, nnodes: int, nproc_per_node: int, endp
                          f"{world} processes ({nnodes} node(s) x {nproc_per_node})")
     key = train_key(config, info)
     work_dir = (config.data_dir / "runs" / key).resolve()
-    spec = write_spec(info.path, config.train, seed=config.seed, work_dir=work_dir)
+    spec = write_spec(config.dataset_dir, config.train, seed=config.seed, work_dir=work_dir)
     return MultinodeTraining(spec=spec, work_dir=work_dir, world=world,
                              per_process_batch=config.train.batch_size // world,
                              command=multinode_command(spec, nnodes, nproc_per_node, endpoint, key[:12]))

@@ -82,7 +82,6 @@ class MlflowReporter:
             self._warn(f"MLflow stopped answering at epoch {epoch} ({self.broken}); training goes on and keeps "
                        "its checkpoints; re-run the train stage once the store is back to register the model")
 
-
     def backfill(self, history: list[dict[str, float]]) -> None:
         """The epochs this run did not see: those trained before a resume, or all of them for a training that
         ranks on other machines ran (``vivit ddp-spec``). The registered run then carries the whole curve."""
