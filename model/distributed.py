@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
 from model.atomic import atomic_write_text
+from model.options import batch_share
 
 EVENTS_FILE = "ddp-events.jsonl"
 SPEC_FILE = "ddp-spec.json"
@@ -103,11 +104,8 @@ def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
 
 
 def per_rank_batch(batch_size: int, ranks: Ranks) -> int:
-    """``batch_size`` stays the global batch, so a run means the same on any number of ranks."""
-    if batch_size % ranks.world:
-        raise ValueError(f"train.batch_size={batch_size} must be a multiple of train.processes={ranks.world} "
-                         "(it is the global batch, split evenly across ranks)")
-    return batch_size // ranks.world
+    """This rank's share of the global batch (the world may be several nodes started by hand)."""
+    return batch_share(batch_size, ranks.world, f"train.processes={ranks.world}")
 
 
 class GlobalOrderSampler(Sampler[int]):

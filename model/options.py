@@ -35,6 +35,16 @@ def stable_hash(payload: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def batch_share(batch_size: int, processes: int, who: str) -> int:
+    """Each process's share of the global batch (``batch_size`` stays the global batch, so a run means the same on
+    any number of processes); ValueError when it does not split evenly. ``who`` names the processes for the
+    message: the setting, or the nodes x processes of a multi-node run."""
+    if batch_size % processes:
+        raise ValueError(f"train.batch_size={batch_size} must be a multiple of {who} (it is the global batch, split "
+                         "evenly across the processes)")
+    return batch_size // processes
+
+
 class TrainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -120,9 +130,7 @@ class TrainOptions(BaseModel):
 
     @model_validator(mode="after")
     def _batch_splits_across_processes(self) -> "TrainOptions":
-        if self.batch_size % self.processes:
-            raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.processes="
-                             f"{self.processes} (it is the global batch, split evenly across the processes)")
+        batch_share(self.batch_size, self.processes, f"train.processes={self.processes}")
         return self
 
     @property

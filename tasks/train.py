@@ -59,17 +59,15 @@ def prepare_multinode(config: TrainStage, nnodes: int, nproc_per_node: int, endp
     evaluates and registers them instead of training again. Nothing is trained here. Raises
     DatasetMissingError, and ValueError for a global batch that does not split across the processes."""
     from model.distributed import multinode_command, write_spec
+    from model.options import batch_share
 
     info = read_dataset_info.fn(config.dataset_dir)
     world = nnodes * nproc_per_node
-    if config.train.batch_size % world:
-        raise ValueError(f"train.batch_size={config.train.batch_size} (the global batch) must be a multiple of the "
-                         f"{world} processes ({nnodes} node(s) x {nproc_per_node})")
+    share = batch_share(config.train.batch_size, world, f"the {world} processes ({nnodes} node(s) x {nproc_per_node})")
     key = train_key(config, info)
     work_dir = (config.data_dir / "runs" / key).resolve()
     spec = write_spec(config.dataset_dir, config.train, seed=config.seed, work_dir=work_dir)
-    return MultinodeTraining(spec=spec, work_dir=work_dir, world=world,
-                             per_process_batch=config.train.batch_size // world,
+    return MultinodeTraining(spec=spec, work_dir=work_dir, world=world, per_process_batch=share,
                              command=multinode_command(spec, nnodes, nproc_per_node, endpoint, key[:12]))
 
 

@@ -214,7 +214,7 @@ def test_a_training_on_several_machines_is_prepared_run_by_torchrun_and_register
         == EXIT_STAGE_FAILED
     assert "has no manifest.parquet + dataset.json: run the frames stage first" in capsys.readouterr().err
     assert main(["ddp-spec", *args, "--nnodes", "2", "--nproc-per-node", "3"]) == EXIT_USAGE  # 4 clips, 6 ranks
-    assert "train.batch_size=4 (the global batch) must be a multiple of the 6 processes" in capsys.readouterr().err
+    assert "train.batch_size=4 must be a multiple of the 6 processes (2 node(s) x 3)" in capsys.readouterr().err
 
     assert main(["ddp-spec", *args, "--nnodes", "1", "--nproc-per-node", "2"]) == EXIT_OK
     out = capsys.readouterr().out.splitlines()
