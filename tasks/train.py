@@ -47,7 +47,6 @@ def train_key(config: TrainStage, dataset_info: DatasetInfo) -> str:
 @dataclass(frozen=True)
 class MultinodeTraining:
     spec: Path  # ddp-spec.json in the run's work dir
-    work_dir: Path
     world: int
     per_process_batch: int
     command: list[str]  # what every node runs
@@ -65,9 +64,8 @@ def prepare_multinode(config: TrainStage, nnodes: int, nproc_per_node: int, endp
     world = nnodes * nproc_per_node
     share = batch_share(config.train.batch_size, world, f"the {world} processes ({nnodes} node(s) x {nproc_per_node})")
     key = train_key(config, info)
-    work_dir = (config.data_dir / "runs" / key).resolve()
-    spec = write_spec(config.dataset_dir, config.train, seed=config.seed, work_dir=work_dir)
-    return MultinodeTraining(spec=spec, work_dir=work_dir, world=world, per_process_batch=share,
+    spec = write_spec(config.dataset_dir, config.train, seed=config.seed, work_dir=config.data_dir / "runs" / key)
+    return MultinodeTraining(spec=spec, world=world, per_process_batch=share,
                              command=multinode_command(spec, nnodes, nproc_per_node, endpoint, key[:12]))
 
 
