@@ -165,3 +165,30 @@ def test_prefect_overhead_script_splits_both_runs_and_ends_with_its_line(prefect
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == result["summary"] == json.loads(out.read_text())["summary"]
     assert printed[-1].startswith(f"prefect_overhead_s={d['total']:.2f} share=")
+
+
+def test_training_script_times_the_default_against_hf_on_the_default_recipes_clips(tmp_path, monkeypatch, capsys):
+    """Tiny common clips (4x32x32, batch 2, one timed step): every preset and HF's ViViT at vivit-joint-tiny's
+    configuration (checked to be one function first), plus the default preset and HF on the clips the default
+    recipe trains on, which is what ``ratio_vs_hf`` compares (it once compared HF with the previous default's
+    tubelet, after the default had moved to the conv stem)."""
+    from model.presets import DEFAULT_PRESET, PRESETS
+    from tasks.lib.config import load_config
+
+    bench = _script("training")
+    for name, value in (("BATCH", 2), ("FRAMES", 4), ("SIZE", 32)):
+        monkeypatch.setattr(bench, name, value)
+    out = bench.main(["--steps", "1", "--warmup", "0", "--json", str(tmp_path / "training.json")])
+    rows = out["rows"]
+    assert set(rows) == set(PRESETS) | {f"{DEFAULT_PRESET}@default", "hf-vivit@joint-tiny", "hf-vivit@default"}
+    assert out["hf_same_function_max_logit_diff"] < 1e-4
+    cfg = load_config()
+    assert out["default_view"] == [cfg.train.view_frames, cfg.frames.size]
+    ours, hf = rows[f"{DEFAULT_PRESET}@default"], rows["hf-vivit@default"]
+    assert ours["fwd_gflops_clip"] > rows[DEFAULT_PRESET]["fwd_gflops_clip"]  # 16x64x64 against 4x32x32
+    assert ours["clip"] == hf["clip"] == [cfg.train.view_frames, 3, cfg.frames.size, cfg.frames.size]
+    assert rows["hf-vivit@joint-tiny"]["clip"] == rows["vivit-joint-tiny"]["clip"] == [4, 3, 32, 32]
+    assert out["ratio_vs_hf"] == pytest.approx(ours["clips_s"] / hf["clips_s"])
+    assert json.loads((tmp_path / "training.json").read_text())["ratio_vs_hf"] == pytest.approx(out["ratio_vs_hf"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"ratio_vs_hf={out['ratio_vs_hf']:.2f} matmul_fraction={ours['matmul_fraction']:.2f}"
