@@ -91,6 +91,18 @@ def test_every_config_key_is_documented_in_the_readme_and_the_ui_form():
     assert [k for k, f in keys.items() if not f.description] == []
 
 
+def test_readme_rest_example_sends_clips_the_default_model_takes():
+    """The REST example's clip has the shape of what `make run` registers (frames.num_frames x frames.size): it
+    once kept 16x128x128 after the defaults moved, and MLflow's signature check answered it with HTTP 400."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shapes = re.findall(r"np\.zeros\(\((\d+), (\d+), (\d+), (\d+), 3\), np\.uint8\)", readme)
+    frames = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").frames
+    assert shapes
+    assert [(int(t), int(h), int(w)) for _, t, h, w in shapes] == [(frames.num_frames, frames.size, frames.size)] * len(shapes)
+
+
 def test_each_stage_takes_only_the_keys_it_reads():
     """Every key is defined once (PipelineConfig has them all); a stage's flow takes the subset it reads, with the
     same definition, and a whole config given to it is narrowed to that subset."""
