@@ -1,6 +1,7 @@
 """Peak memory of ``vivit predict`` on real workloads: does it stay bounded as the input grows?
 
-Registers an (untrained) ``vivit-fe-tiny`` for 16x128x128 clips in a temporary MLflow store, generates the inputs
+Registers an (untrained) classifier of the default recipe (the config's defaults: ``vivit-fe-conv-tiny`` on frame
+differences, 32 stored frames at 64x64, 2 views averaged) in a temporary MLflow store, generates the inputs
 with ffmpeg, and runs ``vivit predict`` once per workload in its own process; the peak RSS is that process's
 ``ru_maxrss`` (``os.wait4``), time is wall-clock. Workloads:
 
@@ -62,13 +63,18 @@ def register_model(uri: str) -> None:
     from tasks import tracking
     from tasks.lib.config import MlflowConfig
 
+    from tasks.lib.config import load_config
+
     cfg = MlflowConfig(tracking_uri=uri, experiment="bench", model_name="bench")
     tracking.use_store(cfg)
     torch.manual_seed(0)
-    clf = VideoClassifier(build_model("vivit-fe-tiny", num_classes=2, num_frames=16, image_size=128),
-                          classes=["a", "b"], num_frames=16, image_size=128)
+    recipe = load_config()  # what `vivit train` packages with no train.* / frames.* overrides
+    view, frames, size = recipe.train.view, recipe.frames.num_frames, recipe.frames.size
+    net = build_model(recipe.train.model, num_classes=2, num_frames=view.num_frames, image_size=size,
+                      in_channels=view.channels)
+    clf = VideoClassifier(net, classes=["a", "b"], num_frames=frames, image_size=size, view=view)
     with tracking.training_run(cfg.experiment, "bench", {}) as run_id:
-        model_uri = tracking.log_classifier(clf, metadata={"classes": ["a", "b"], "num_frames": 16, "image_size": 128})
+        model_uri = tracking.log_classifier(clf, metadata={"classes": ["a", "b"], "num_frames": frames, "image_size": size})
         tracking.register_and_promote(model_uri, cfg.model_name, run_id, 0.5)
 
 

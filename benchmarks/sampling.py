@@ -9,6 +9,7 @@ One more row for the decoder choice, not part of the ratios: (c) the other exact
 filter (what ffmpeg-python builds), with the frame count from the same demux pass ours uses, scale + crop in the
 filter graph, raw RGB out through a pipe.
 
+Frames: the frames stage's defaults (``frames.num_frames`` at ``frames.size``; ``--num-frames``, ``--size``).
 Clips: generated 10-second H.264 clips (30 fps, GOP 2 s, moving shapes over a panning textured background) at
 340x256 and 640x360, written with tasks.lib.media.encode_video into a temporary folder.
 
@@ -36,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tasks.lib.config import FramesConfig  # noqa: E402
 from tasks.lib.media import encode_video, ffmpeg_command, ffmpeg_exe  # noqa: E402
 from tasks.lib.sampling import (  # noqa: E402
     open_video,
@@ -127,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", type=int, default=3, help="clips per resolution")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--num-frames", type=int, default=16)
-    ap.add_argument("--size", type=int, default=128)
+    frames = FramesConfig()  # the frames stage's defaults: what `vivit frames` samples with no frames.* overrides
+    ap.add_argument("--num-frames", type=int, default=frames.num_frames)
+    ap.add_argument("--size", type=int, default=frames.size)
     args = ap.parse_args(argv)
 
     methods = {

@@ -192,3 +192,16 @@ def test_training_script_times_the_default_against_hf_on_the_default_recipes_cli
     assert json.loads((tmp_path / "training.json").read_text())["ratio_vs_hf"] == pytest.approx(out["ratio_vs_hf"])
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == f"ratio_vs_hf={out['ratio_vs_hf']:.2f} matmul_fraction={ours['matmul_fraction']:.2f}"
+
+
+def test_sampling_script_samples_with_the_frames_stages_defaults_and_ends_with_its_line(capsys):
+    """One clip per resolution, one repeat: the script runs every method on real encoded clips, at the frames
+    stage's default frame count and size unless told otherwise (it once kept 16x128 after the defaults moved)."""
+    from tasks.lib.config import FramesConfig
+
+    assert _script("sampling").main(["--clips", "1", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    defaults = FramesConfig()
+    assert f"N={defaults.num_frames}, size={defaults.size}," in printed[0]
+    assert sum(line.startswith(("| ours", "| (a)", "| (b)", "| (c)")) for line in printed) == 4
+    assert printed[-1].startswith("ratio_vs_pyav=") and " ratio_vs_ffmpeg=" in printed[-1]
