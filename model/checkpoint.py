@@ -1,11 +1,14 @@
 """Checkpoint files: atomic writes, the RNG states a resume restores, and loading the kept weights back.
 
 ``fit`` writes ``last.pt`` (everything a resume needs) and ``best.pt`` (the kept weights and what describes them)
-through :func:`atomic_save`; both load with ``weights_only=True``.
+through :func:`atomic_save`; both load with ``weights_only=True``. A packaged classifier travels in ``best.pt``'s
+format too (:func:`save_classifier`), so a registered model is rebuilt from tensors and plain values, never
+unpickled.
 """
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import torch
 from torch import nn
 
 from model.atomic import atomic_path
-from model.predict import SingleFrame
+from model.predict import SingleFrame, VideoClassifier
 from model.views import ViewSpec
 
 CHECKPOINT_VERSION = 2
@@ -52,9 +55,22 @@ def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+def network_record(network: nn.Module, *, classes: list[str], num_frames: int, image_size: int,
+                   view: ViewSpec | None, single_frame: bool) -> dict[str, Any]:
+    """What rebuilds a network and says what it sees: its config and weights, the classes, the stored clip shape
+    and the view (``best.pt``'s core, and a packaged classifier's whole file). ``network`` is the bare ViViT or
+    FrameMLP; ``single_frame`` wraps it again on loading. ``view`` None: the network sees every stored frame as RGB
+    (classifiers packaged before views existed)."""
+    return {"model": plain_state(network), "model_config": asdict(network.config), "classes": list(classes),
+            "num_frames": int(num_frames), "image_size": int(image_size),
+            "view": None if view is None else asdict(view),
+            "single_frame": bool(single_frame)}
+
+
 def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network stored in a ``best.pt`` (eval mode, CPU) and return it with the checkpoint's metadata
-    (classes, num_frames, image_size, view, preset, single_frame)."""
+    """Rebuild the network stored in a ``best.pt`` (or a :func:`save_classifier` file; eval mode, CPU) and return
+    it with the file's metadata (classes, num_frames, image_size, view, single_frame; preset, epoch and val_f1
+    where a training wrote it)."""
     from model.frame_mlp import FrameMLP, FrameMLPConfig
     from model.vivit import ViViT, ViViTConfig
 
@@ -63,6 +79,22 @@ def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     network = ViViT(ViViTConfig(**cfg)) if "variant" in cfg else FrameMLP(FrameMLPConfig(**cfg))
     network.load_state_dict(ckpt["model"])
     model = SingleFrame(network) if ckpt.get("single_frame") else network
-    meta = {k: ckpt[k] for k in ("classes", "num_frames", "image_size", "preset", "single_frame", "epoch", "val_f1")}
-    meta["view"] = ViewSpec(**ckpt["view"])
+    meta = {k: ckpt.get(k) for k in ("classes", "num_frames", "image_size", "preset", "single_frame", "epoch", "val_f1")}
+    meta["view"] = None if ckpt.get("view") is None else ViewSpec(**ckpt["view"])
     return model.eval(), meta
+
+
+def save_classifier(classifier: VideoClassifier, path: Path) -> None:
+    """A packaged classifier as one weights-only file (``best.pt``'s format), written atomically."""
+    single = isinstance(classifier.network, SingleFrame)
+    network = classifier.network.network if single else classifier.network
+    atomic_save(network_record(network, classes=classifier.classes, num_frames=classifier.num_frames,
+                               image_size=classifier.image_size, view=classifier.view,
+                               single_frame=single), path)
+
+
+def load_classifier(path: Path) -> VideoClassifier:
+    """The classifier :func:`save_classifier` wrote, on CPU in eval mode, loaded with ``weights_only=True``."""
+    network, meta = load_best(path)
+    return VideoClassifier(network, classes=meta["classes"], num_frames=meta["num_frames"],
+                           image_size=meta["image_size"], view=meta["view"])

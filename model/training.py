@@ -53,7 +53,8 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 from model import distributed as ddp
 from model.data import ClipDataset, balanced_class_weights, balanced_sample_weights
 from model.dataset import DatasetError, DatasetInfo, load_dataset
-from model.checkpoint import CHECKPOINT_VERSION, atomic_save, load_best, plain_state, rng_state, set_rng_state
+from model.checkpoint import (CHECKPOINT_VERSION, atomic_save, load_best, network_record, plain_state, rng_state,
+                              set_rng_state)
 from model.evaluation import autocast, evaluate, predict_probabilities, prediction_table
 from model.metrics import classification_report, label_slug
 from model.optim import make_optimizer, param_groups, warmup_cosine
@@ -334,11 +335,10 @@ def _restore(run: _Run) -> TrainState:
 def _save_best(run: _Run, state: TrainState) -> None:
     if not run.ranks.main:
         return
-    atomic_save({"model": plain_state(run.network), "epoch": state.best_epoch, "val_f1": state.best_val_f1,
-                  "val_score": state.best_score, "preset": run.opts.model, "model_config": asdict(run.network.config),
-                  "classes": run.classes, "num_frames": run.info.num_frames, "image_size": run.info.image_size,
-                  "view": asdict(run.view), "single_frame": run.opts.single_frame, "fingerprint": run.fingerprint},
-                 run.best_path)
+    record = network_record(run.network, classes=run.classes, num_frames=run.info.num_frames,
+                            image_size=run.info.image_size, view=run.view, single_frame=run.opts.single_frame)
+    atomic_save({**record, "epoch": state.best_epoch, "val_f1": state.best_val_f1, "val_score": state.best_score,
+                 "preset": run.opts.model, "fingerprint": run.fingerprint}, run.best_path)
 
 
 def _save_last(run: _Run, state: TrainState) -> None:

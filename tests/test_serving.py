@@ -62,9 +62,33 @@ def _expected(clf, frames: np.ndarray) -> np.ndarray:
         return clf(torch.from_numpy(frames)).numpy()
 
 
-def test_pyfunc_takes_uint8_batches_and_names_the_classes(registered):
+def test_packaged_classifier_file_rebuilds_the_same_classifier(tmp_path):
+    """The registered models carry the classifier as a weights-only file (best.pt's format), not a pickle: a
+    single-frame ViViT with a frame-difference view and its own normalisation comes back computing the same."""
+    import torch
+
+    from model.checkpoint import load_classifier, save_classifier
+    from model.predict import SingleFrame, VideoClassifier
+    from model.presets import build_model
+    from model.views import ViewSpec
+
+    torch.manual_seed(1)
+    view = ViewSpec(num_frames=4, input="diff", test_views=2, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    net = SingleFrame(build_model("vivit-fe-conv-tiny", num_classes=3, num_frames=4, image_size=32))
+    clf = VideoClassifier(net, classes=CLASSES, num_frames=8, image_size=32, view=view)
+    save_classifier(clf, tmp_path / "classifier.pt")
+    assert not list(tmp_path.glob("*.tmp*"))
+    again = load_classifier(tmp_path / "classifier.pt")
+    assert isinstance(again.network, SingleFrame) and again.view == view and again.classes == CLASSES
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 8, 32, 32, 3), dtype=np.uint8))
+    with torch.inference_mode():
+        torch.testing.assert_close(again(frames), clf.eval()(frames))
+
+
+def test_pyfunc_takes_uint8_batches_and_names_the_classes(registered, monkeypatch):
     import mlflow.pyfunc
 
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # models from code: nothing is unpickled
     model = mlflow.pyfunc.load_model("models:/clf@champion")
     frames = np.random.default_rng(0).integers(0, 256, (5, T, S, S, 3), dtype=np.uint8)
     out = model.predict(frames)
@@ -77,9 +101,28 @@ def test_pyfunc_takes_uint8_batches_and_names_the_classes(registered):
     assert net.classes == CLASSES and (net.num_frames, net.image_size) == (T, S)
 
 
-def test_video_pyfunc_samples_like_training(registered):
+def test_a_model_registered_pickled_before_still_loads(registered):
+    """Models logged before the classifier became a weights-only artifact carry a pickled ClassifierPyfunc: they
+    still load (where MLflow allows pickles, its default) and compute the same."""
+    import mlflow
     import mlflow.pyfunc
 
+    from tasks.tracking.models import ClassifierPyfunc
+
+    clf = registered["clf"]
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="old", python_model=ClassifierPyfunc(clf),
+                                       signature=tracking.classifier_signature(T, S, CLASSES))
+    frames = np.random.default_rng(3).integers(0, 256, (2, T, S, S, 3), dtype=np.uint8)
+    out = mlflow.pyfunc.load_model(info.model_uri).predict(frames)
+    np.testing.assert_allclose(out.to_numpy(), _expected(clf, frames), atol=1e-6)
+    assert tracking.load_classifier(info.model_uri).classes == CLASSES
+
+
+def test_video_pyfunc_samples_like_training(registered, monkeypatch):
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     assert tracking.aliases("clf-video") == {"champion": 1, "challenger": 1}
     model = mlflow.pyfunc.load_model("models:/clf-video@champion")
     v0, v1 = registered["videos"][:2]
@@ -112,7 +155,8 @@ def _serve(model_uri: str, tracking_uri: str, log: Path):
     port = _free_port()
     bin_dir = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH: the venv's, as when activated
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT),
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}  # a server that refuses pickled models serves ours
     proc = subprocess.Popen([str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri,
                              "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)

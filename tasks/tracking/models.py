@@ -1,6 +1,8 @@
 """The packaged classifier as MLflow pyfunc models (frames in, and video files in), their signatures, loading."""
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -55,13 +57,21 @@ warnings.filterwarnings("ignore", message=".*An input example was not provided")
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc face of a :class:`model.predict.VideoClassifier`: uint8 ``(B, T, S, S, 3)`` in, a DataFrame of
     per-class probabilities (columns = class names) out. ``classifier`` stays reachable for PyTorch users through
-    ``unwrap_python_model()``; :func:`load_classifier` does that."""
+    ``unwrap_python_model()``; :func:`load_classifier` does that. Logged as code (``served_frames.py``), it starts
+    empty and loads the classifier from the model's ``classifier`` artifact; models logged before that carry it
+    pickled."""
 
     # The explicit signatures validate inputs; MLflow's type-hint wrapper (and its warning) would only add a layer.
     _skip_type_hint_validation = True
 
-    def __init__(self, classifier: Any) -> None:
+    def __init__(self, classifier: Any = None) -> None:
         self.classifier = classifier
+
+    def load_context(self, context) -> None:  # noqa: ANN001 - pyfunc's interface
+        if self.classifier is None:
+            from model.checkpoint import load_classifier as load_file
+
+            self.classifier = load_file(Path(context.artifacts[CLASSIFIER_ARTIFACT]))
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - pyfunc's interface
         import pandas as pd
@@ -113,29 +123,54 @@ REQUIREMENTS = ["torch==2.13.0", "einops==0.8.2", "numpy", "pandas", "av==18.1.0
                 "pyyaml"]
 
 
+CLASSIFIER_ARTIFACT = "classifier"  # the weights-only file (model/checkpoint.py save_classifier) in both models
+
+
+@contextlib.contextmanager
+def _no_artifact_progress_bars():
+    """MLflow copies a model's artifacts into it with the progress bar of a download: two bars of a local copy in
+    the train stage's log per model. Off while the models are logged; downloads elsewhere keep theirs."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def log_classifier(classifier, *, metadata: dict[str, Any]) -> str:
     """Log the classifier twice under the run: ``model`` (uint8 frames -> probabilities, the registered one) and
-    ``video_model`` (video files -> label + probabilities). Returns the URI of ``model``."""
-    import copy
+    ``video_model`` (video files -> label + probabilities). Both are models from code (``served_frames.py``,
+    ``served_video.py``) with the classifier as a weights-only artifact. Returns the URI of ``model``."""
+    from model.checkpoint import save_classifier
 
-    cpu = copy.deepcopy(classifier).cpu().eval()
+    here = Path(__file__).resolve().parent
     classes = list(metadata["classes"])
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=ClassifierPyfunc(cpu),
-        signature=classifier_signature(metadata["num_frames"], metadata["image_size"], classes),
-        code_paths=_code_paths(),
-        metadata=metadata,
-        pip_requirements=REQUIREMENTS,
-    )
-    mlflow.pyfunc.log_model(
-        name="video_model",
-        python_model=VideoPyfunc(cpu),
-        signature=video_signature(classes),
-        code_paths=_code_paths(),
-        metadata={**metadata, "input": "video files: path or content (bytes)"},
-        pip_requirements=REQUIREMENTS,
-    )
+    with tempfile.TemporaryDirectory(prefix="vivit-package-") as tmp, _no_artifact_progress_bars():
+        weights = Path(tmp) / "classifier.pt"
+        save_classifier(classifier, weights)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(here / "served_frames.py"),
+            artifacts={CLASSIFIER_ARTIFACT: str(weights)},
+            signature=classifier_signature(metadata["num_frames"], metadata["image_size"], classes),
+            code_paths=_code_paths(),
+            metadata=metadata,
+            pip_requirements=REQUIREMENTS,
+        )
+        mlflow.pyfunc.log_model(
+            name="video_model",
+            python_model=str(here / "served_video.py"),
+            artifacts={CLASSIFIER_ARTIFACT: str(weights)},
+            signature=video_signature(classes),
+            code_paths=_code_paths(),
+            metadata={**metadata, "input": "video files: path or content (bytes)"},
+            pip_requirements=REQUIREMENTS,
+        )
     return info.model_uri
 
 
