@@ -161,3 +161,24 @@ def test_runs_record_the_code_version_and_the_experiment_kind(store, tmp_path):
     assert MlflowClient().get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     # outside a git checkout only the package version is known
     assert set(tracking.code_version_tags(tmp_path)) == {"code.version"}
+
+
+def test_logging_a_run_says_nothing_about_nothing(store, tmp_path, capfd):
+    """A training's log carries no MLflow noise: no warning about a dataset source that is 'ambiguous' between two
+    registrations of the same class or about integer manifest columns, no CloudPickle warning (the models are
+    logged from code), and no progress bars for the local copy of the classifier's artifact."""
+    import warnings
+
+    from model.dataset import load_dataset
+    from tests.support.tiny_dataset import noise_dataset
+
+    info = load_dataset(noise_dataset(tmp_path / "ds", counts={"train": [3, 3], "val": [1, 1], "test": [1, 1]}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tracking.training_run(store.experiment, "quiet", {"train_key": "k"}):
+            tracking.log_dataset(info, "ds")
+            tracking.log_classifier(_classifier(), metadata={"classes": ["a", "b"], "num_frames": T, "image_size": S})
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert not [m for m in said if "dataset source" in m or "integer column" in m], said
+    out = capfd.readouterr()
+    assert "CloudPickle" not in out.err + out.out and "Downloading artifacts" not in out.err + out.out

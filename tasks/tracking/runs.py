@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -175,9 +176,16 @@ def log_config(config: Any, name: str = "config.yaml") -> None:
 
 def log_dataset(info: Any, name: str) -> None:
     """The stored dataset (a :class:`model.dataset.DatasetInfo`, already read) as the run's training input."""
-    ds = mlflow.data.from_pandas(info.manifest, source=str(Path(info.manifest_path).resolve()), targets="label",
-                                 name=name, digest=str(info.fingerprint))
-    mlflow.log_input(ds, context="training")
+    with warnings.catch_warnings():
+        # Two warnings about nothing, in every train stage's log: MLflow registers its local-file source twice
+        # (schemes "" and "file"), then calls a local path ambiguous between the two; and it hints that integer
+        # columns cannot hold missing values, which no manifest column has.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways: "
+                                                  "LocalArtifactDatasetSource, LocalArtifactDatasetSource")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        ds = mlflow.data.from_pandas(info.manifest, source=str(Path(info.manifest_path).resolve()), targets="label",
+                                     name=name, digest=str(info.fingerprint))
+        mlflow.log_input(ds, context="training")
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
