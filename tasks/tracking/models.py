@@ -153,24 +153,14 @@ def log_classifier(classifier, *, metadata: dict[str, Any]) -> str:
     with tempfile.TemporaryDirectory(prefix="vivit-package-") as tmp, _no_artifact_progress_bars():
         weights = Path(tmp) / "classifier.pt"
         save_classifier(classifier, weights)
+        both = {"artifacts": {CLASSIFIER_ARTIFACT: str(weights)}, "code_paths": _code_paths(),
+                "pip_requirements": REQUIREMENTS}
         info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(here / "served_frames.py"),
-            artifacts={CLASSIFIER_ARTIFACT: str(weights)},
-            signature=classifier_signature(metadata["num_frames"], metadata["image_size"], classes),
-            code_paths=_code_paths(),
-            metadata=metadata,
-            pip_requirements=REQUIREMENTS,
-        )
+            name="model", python_model=str(here / "served_frames.py"), metadata=metadata,
+            signature=classifier_signature(metadata["num_frames"], metadata["image_size"], classes), **both)
         mlflow.pyfunc.log_model(
-            name="video_model",
-            python_model=str(here / "served_video.py"),
-            artifacts={CLASSIFIER_ARTIFACT: str(weights)},
-            signature=video_signature(classes),
-            code_paths=_code_paths(),
-            metadata={**metadata, "input": "video files: path or content (bytes)"},
-            pip_requirements=REQUIREMENTS,
-        )
+            name="video_model", python_model=str(here / "served_video.py"), signature=video_signature(classes),
+            metadata={**metadata, "input": "video files: path or content (bytes)"}, **both)
     return info.model_uri
 
 
