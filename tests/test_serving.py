@@ -101,7 +101,7 @@ def test_pyfunc_takes_uint8_batches_and_names_the_classes(registered, monkeypatc
     assert net.classes == CLASSES and (net.num_frames, net.image_size) == (T, S)
 
 
-def test_a_model_registered_pickled_before_still_loads(registered):
+def test_a_model_registered_pickled_before_still_loads(registered, monkeypatch):
     """Models logged before the classifier became a weights-only artifact carry a pickled ClassifierPyfunc: they
     still load (where MLflow allows pickles, its default) and compute the same."""
     import mlflow
@@ -109,6 +109,7 @@ def test_a_model_registered_pickled_before_still_loads(registered):
 
     from tasks.tracking.models import ClassifierPyfunc
 
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     clf = registered["clf"]
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="old", python_model=ClassifierPyfunc(clf),
