@@ -99,8 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-dunking", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra-classes", type=int, default=0, help="add synthetic classes beyond the two (K > 2)")
-    sub.add_parser("presets", help="list model presets with parameter counts and GFLOPs per clip")
+    p = sub.add_parser("presets", help="list model presets with parameters and forward GFLOPs per view of --config's "
+                                        "clips (train.view_frames positions at frames.size)")
+    _config_args(p)
     return ap
+
+
+def _presets(cfg) -> int:
+    """Every preset's size and cost on the clips this config trains on (what a view costs the network, its input
+    form included: ``rgb_diff`` has 6 channels), the config's own model marked."""
+    from model.presets import PRESETS, describe
+
+    t, size, channels = cfg.train.view_frames, cfg.frames.size, cfg.train.view.channels
+    print(f"forward GFLOPs per view: {t} positions at {size}x{size}, input {cfg.train.input} "
+          f"(train.view_frames, frames.size, train.input)")
+    for name in PRESETS:
+        mark = "   <- train.model" if name == cfg.train.model else ""
+        try:
+            d = describe(name, num_frames=t, image_size=size, in_channels=channels)
+        except ValueError as e:  # a tubelet or patch that does not divide this clip
+            print(f"{name:<18} does not fit these clips: {e}{mark}")
+            continue
+        print(f"{name:<18} params={d['params'] / 1e6:6.2f}M  GFLOPs/view={d['gflops']:6.2f}{mark}")
+    return EXIT_OK
 
 
 def print_summary(s: StageResult) -> None:
@@ -190,13 +211,6 @@ def explain(e: BaseException) -> tuple[int, str]:
 
 
 def _main(args) -> int:
-    if args.command == "presets":
-        from model.presets import PRESETS, describe
-
-        for name in PRESETS:
-            d = describe(name, num_frames=16, image_size=128)
-            print(f"{name:<18} params={d['params'] / 1e6:6.2f}M  GFLOPs/clip(16x128x128)={d['gflops']:.2f}")
-        return EXIT_OK
     if args.command == "demo-data":
         from tasks.lib.demo import generate_demo_dataset
 
@@ -215,6 +229,8 @@ def _main(args) -> int:
         print(f"vivit: {e}", file=sys.stderr)
         return EXIT_USAGE
 
+    if args.command == "presets":
+        return _presets(cfg)
     if args.command == "predict":
         return _predict(cfg, args)
     if args.command == "ddp-spec":

@@ -83,10 +83,26 @@ def _last_flow_run(flow_name: str):
     return asyncio.run(query())
 
 
-@pytest.mark.parametrize("argv", [["presets"]])
-def test_presets_lists_the_default(argv, capsys):
-    assert main(argv) == EXIT_OK
-    assert "vivit-fe-tiny" in capsys.readouterr().out
+def test_presets_are_priced_on_the_configs_own_clips(capsys):
+    """`vivit presets` describes every preset on the clips the config trains on (it once printed 16x128x128 costs
+    whatever the config said), marks the config's model, and says which presets do not fit other clips."""
+    from model.presets import DEFAULT_PRESET, PRESETS, describe
+
+    assert main(["presets"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("forward GFLOPs per view: 16 positions at 64x64, input diff")
+    assert len(lines) == 1 + len(PRESETS)
+    default = next(line for line in lines if line.startswith(DEFAULT_PRESET + " "))
+    assert default.endswith("<- train.model")
+    assert f"GFLOPs/view={describe(DEFAULT_PRESET, 16, 64)['gflops']:6.2f}" in default
+
+    assert main(["presets", "--set", "frames.size=56", "--set", "train.model=frame-mlp",
+                 "--set", "train.input=rgb_diff"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert "at 56x56, input rgb_diff" in lines[0]
+    assert next(line for line in lines if line.startswith("frame-mlp ")).endswith("<- train.model")
+    assert "vivit-fe-tiny      does not fit these clips: image_size 56 must be a multiple of patch_size 16" in lines
+    assert main(["presets", "--set", "train.modl=x"]) == EXIT_USAGE
 
 
 def test_flows_on_a_temporary_server_send_no_heartbeats():
