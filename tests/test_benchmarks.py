@@ -123,7 +123,11 @@ def test_scale_frames_comparison_runs_on_a_jobs_own_clips(prefect_harness, tmp_p
         assert len(f[f"{name}_runs"]) == 2 and f[f"{name}_seconds"] == min(f[f"{name}_runs"])
     assert f["clips_per_shard"] == {"1w": 2, "2w": 2} and 0.0 <= f["settle_seconds_max"] <= 60.0
     r = f["dataset_reads"]  # a file per clip against one packed file: the stored clips, read back whole
-    assert r["clips"] == 4 and r["clip_bytes"] > 0 and r["one_file_us_per_clip"] > 0
+    from tasks.lib.config import FramesConfig
+
+    defaults = FramesConfig()  # the stage stored what a job with no frames.* overrides stores
+    assert r["clips"] == 4 and r["clip_bytes"] == defaults.num_frames * defaults.size ** 2 * 3
+    assert r["one_file_us_per_clip"] > 0
     assert r["one_file_speedup"] == pytest.approx(r["per_file_us_per_clip"] / r["one_file_us_per_clip"])
     assert not (tmp_path / "work" / "packed.npy").exists()
     assert 0.0 <= f["overhead_share"] < 1.0 and 0.0 <= f["engine_overhead_share"] < 1.0
