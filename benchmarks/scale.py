@@ -70,13 +70,13 @@ def _load() -> list[float]:
 # -- frames stage --------------------------------------------------------------------------------------------------
 def frames_config(data_dir: Path, csv: Path, url_template: str, shard_size: int | str, classes: list[str] | None = None,
                   **cluster) -> PipelineConfig:
-    """The frames stage as a job with no ``frames.*`` overrides runs it: the default frame count and size (what
-    `vivit run` stores), two clips at once on threads, the CSV's own splits."""
+    """The frames stage as a job with no ``frames.*`` overrides runs it (what `vivit run` stores, as many clips at
+    once on threads), but on the CSV's own splits."""
     return PipelineConfig.model_validate({
         "data_dir": str(data_dir), "annotations": [str(csv)], "url_template": url_template,
         **({"classes": classes} if classes else {}),
         "download": {"allow_file_urls": True, "workers": 4, "retries": 0},
-        "frames": {"workers": 2, "split_mode": "official"}, "cluster": {"shard_size": shard_size, **cluster},
+        "frames": {"split_mode": "official"}, "cluster": {"shard_size": shard_size, **cluster},
     })
 
 
