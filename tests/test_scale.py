@@ -209,3 +209,101 @@ def test_killing_a_dask_worker_mid_stage_then_rerunning_loses_nothing(threads_ru
     assert second["counts"]["sampled"] + second["counts"]["already_done"] == 12
     pd.testing.assert_frame_equal(_manifest(cfg), _manifest(threads_run))
     assert _fingerprint(cfg) == _fingerprint(threads_run)
+
+
+
+# -- the Dask task runner: task runs keep Prefect's settings and API client per worker thread -----------------------
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(cache_policy=NO_CACHE)
+def _setup_probe(i: int) -> dict:
+    """What this task run got on its worker: its settings object, API client and one setting."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import SettingsContext, get_run_context
+    from prefect.settings import PREFECT_TASKS_DEFAULT_RETRY_DELAY_SECONDS
+
+    get_run_logger().warning("probe %d on pid %d", i, os.getpid())  # the tests log warnings and up
+    return {"i": i, "pid": os.getpid(), "settings": id(SettingsContext.get().settings),
+            "client": id(get_client(sync_client=True)), "delay": PREFECT_TASKS_DEFAULT_RETRY_DELAY_SECONDS.value(),
+            "task_run_id": get_run_context().task_run.id}
+
+
+@task(cache_policy=NO_CACHE)
+def _double(x: dict) -> int:
+    return 2 * x["i"]
+
+
+@task(cache_policy=NO_CACHE)
+def _raises() -> None:
+    raise ValueError("a shard went wrong")
+
+
+@flow
+def _probe_flow(address: str) -> dict:
+    from prefect.context import get_run_context
+    from prefect.settings import PREFECT_TASKS_DEFAULT_RETRY_DELAY_SECONDS, temporary_settings
+
+    from tasks.cluster import dask_runner
+    from tasks.lib.config import ClusterConfig
+
+    out: dict = {"flow_run_id": get_run_context().flow_run.id, "plain": []}
+    with dask_runner(ClusterConfig(engine="dask", address=address)) as runner:
+        for i in range(6):  # one at a time: each worker thread gets several in turn
+            out["plain"].append(runner.submit(_setup_probe, {"i": i}).result())
+        with temporary_settings({PREFECT_TASKS_DEFAULT_RETRY_DELAY_SECONDS: 7}):
+            changed = runner.submit(_setup_probe, {"i": 21})
+            out["changed"] = changed.result()
+        out["after"] = runner.submit(_setup_probe, {"i": 22}).result()
+        doubled = runner.submit(_double, {"x": changed})
+        out["doubled"], out["doubled_id"] = doubled.result(), doubled.task_run_id
+        failing = runner.submit(_raises, {})
+        failing.wait()
+        out["failed"] = f"{type(failing.state.result(raise_on_failure=False)).__name__}: " \
+                        f"{failing.state.result(raise_on_failure=False)}"
+    return out
+
+
+@pytest.mark.slow
+def test_dask_task_runs_reuse_their_workers_setup_and_stay_prefect_task_runs(local_cluster):
+    """Through ``tasks.cluster.dask_runner`` (``tasks/dask_runner.py``): on each worker thread, consecutive task
+    runs share one settings object and one API client, yet run under the settings their flow submitted them with
+    (a changed setting reaches the worker, and the next task run is back on the flow's own); each is a real
+    Prefect task run in the flow's API (completed, its log line there, an upstream future recorded as its input),
+    and a task that raises ends Failed with its exception."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterTaskRunId
+
+    lc, _ = local_cluster
+    out = _probe_flow(lc.scheduler_address)
+    plain = out["plain"]
+    held: dict[int, set[tuple[int, int]]] = {}
+    for r in plain:
+        held.setdefault(r["pid"], set()).add((r["settings"], r["client"]))
+    assert len(held) < len(plain)  # 6 runs on 2 single-threaded workers: some worker ran several
+    assert all(len(ids) == 1 for ids in held.values()), held  # ... on one settings object and one client
+    assert {r["delay"] for r in plain} == {0} and out["changed"]["delay"] == 7 and out["after"]["delay"] == 0
+    assert out["doubled"] == 42
+    assert out["failed"] == "ValueError: a shard went wrong"
+
+    def recorded():  # task run states arrive as events and logs in batches: the API may lag the flow a little
+        with get_client(sync_client=True) as api:
+            runs = {r.id: r for r in api.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[out["flow_run_id"]])))}
+            logs = api.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[plain[0]["task_run_id"]])))
+        return runs, [log.message for log in logs]
+
+    deadline = time.monotonic() + 30
+    while True:
+        runs, logs = recorded()
+        ours = [runs.get(r["task_run_id"]) for r in [*plain, out["changed"], out["after"]]]
+        failed = [r for r in runs.values() if r.name.startswith("_raises") and r.state.is_failed()]
+        done = all(r is not None and r.state.is_completed() for r in ours) and failed and logs
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert all(r is not None and r.state.is_completed() for r in ours)
+    assert len(failed) == 1
+    assert [i.id for i in runs[out["doubled_id"]].task_inputs["x"]] == [out["changed"]["task_run_id"]]
+    assert f"probe 0 on pid {plain[0]['pid']}" in logs

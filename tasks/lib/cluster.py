@@ -16,14 +16,14 @@ def shards(items: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-# ``shard_size: auto``. Each shard costs Prefect 0.1-0.16 s on its worker (measured with prefect-dask 0.3.7: the
-# task run rebuilds Prefect's settings and two API clients, then reports its states), on top of ~0.7 s once per
-# stage run (the flow run, its plan and write task runs, the first shard's setup). Two shards per thread, not
-# four: measured side by side (frames stage, 4 and 3 rounds), Prefect's share on one worker (mean of the per-round
-# differences) fell from 7.7% to 4.9% on 200 generated clips and from 5.9% to 3.8% on 260 real ones, and two
-# workers got faster too (7.2 vs 7.7 s; 12.8 vs 14.5 s on the real clips, uneven in size): a worker that finishes
-# early still takes the shards a slower one has not started. Fewer would leave one thread's last shard
-# as the stage's tail; a lost worker redoes its shard, hence the ceiling.
+# ``shard_size: auto``. Two shards per thread, not four, chosen when each shard cost Prefect 0.1-0.16 s on its
+# worker (prefect-dask's own runner rebuilt Prefect's settings and two API clients for every task run): measured
+# side by side (frames stage, 4 and 3 rounds), Prefect's share on one worker (mean of the per-round differences)
+# fell from 7.7% to 4.9% on 200 generated clips and from 5.9% to 3.8% on 260 real ones, and two workers got faster
+# too (7.2 vs 7.7 s; 12.8 vs 14.5 s on the real clips, uneven in size): a worker that finishes early still takes
+# the shards a slower one has not started. Fewer would leave one thread's last shard as the stage's tail; a lost
+# worker redoes its shard, hence the ceiling. Since tasks/dask_runner.py holds that setup per worker thread, a
+# shard after a thread's first costs 10-30 ms, so more shards per thread would now cost little (not re-measured).
 SHARDS_PER_THREAD = 2
 AUTO_SHARD_CLIPS = (5, 500)
 

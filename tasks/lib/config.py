@@ -96,9 +96,10 @@ class FramesConfig(_Strict):
 class ClusterConfig(_Strict):
     """Where the per-clip work of download, filter and frames runs. ``threads``: one Prefect task run per clip on
     this process's thread pool (about 20 ms of Prefect overhead per task). ``dask``: one task run per *shard* of
-    ``shard_size`` clips on a ``dask.distributed`` cluster, because Prefect's 130-360 ms per Dask task would
-    dominate per-clip work at Kinetics scale; ``auto`` sizes shards from the clips to do and the cluster's
-    threads (:func:`tasks.lib.cluster.shard_size_for`). Results, reports and fingerprints are the same either way."""
+    ``shard_size`` clips on a ``dask.distributed`` cluster, because a Prefect task run per clip (10-30 ms on a
+    warm worker thread, and the server recording each) would rival per-clip work; ``auto`` sizes shards from the
+    clips to do and the cluster's threads (:func:`tasks.lib.cluster.shard_size_for`). Results, reports and
+    fingerprints are the same either way."""
 
     engine: Literal["threads", "dask"] = Field("threads", description="threads: this process; dask: a Dask cluster")
     address: str | None = Field(None, description="an existing dask.distributed scheduler (tcp://host:8786); "
