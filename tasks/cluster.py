@@ -5,8 +5,8 @@ overhead each. ``dask`` maps a *shard* task over a ``dask.distributed`` cluster 
 shard runs the same per-clip function for ``cluster.shard_size`` clips (``auto``: about 2 shards per worker
 thread), because a Prefect task run per clip would rival the work itself: 130-360 ms each on prefect-dask's own
 runner, 10-30 ms after a worker thread's first on ``tasks/dask_runner.py``'s, and the Prefect server records
-every task run's states and logs besides. Either way the caller gets one row per clip, in input order, so reports, manifests and
-fingerprints do not depend on the engine.
+every task run's states and logs besides. Either way the caller gets one row per clip, in input order, so
+reports, manifests and fingerprints do not depend on the engine.
 
 Workers report to the flow's Prefect API. A Dask worker that has no ``PREFECT_API_URL`` starts a temporary API
 server of its own (18.8 s for 6 tasks measured), and its task runs never show up in the flow's server: a

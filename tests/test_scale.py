@@ -12,6 +12,8 @@ import time
 
 import pandas as pd
 import pytest
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.lib.cluster import api_url_mismatches, shard_size_for, shards, worker_environment
 from tasks.lib.config import PipelineConfig
@@ -211,10 +213,7 @@ def test_killing_a_dask_worker_mid_stage_then_rerunning_loses_nothing(threads_ru
     assert _fingerprint(cfg) == _fingerprint(threads_run)
 
 
-
 # -- the Dask task runner: task runs keep Prefect's settings and API client per worker thread -----------------------
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 
 @task(cache_policy=NO_CACHE)
@@ -260,8 +259,8 @@ def _probe_flow(address: str) -> dict:
         out["doubled"], out["doubled_id"] = doubled.result(), doubled.task_run_id
         failing = runner.submit(_raises, {})
         failing.wait()
-        out["failed"] = f"{type(failing.state.result(raise_on_failure=False)).__name__}: " \
-                        f"{failing.state.result(raise_on_failure=False)}"
+        error = failing.state.result(raise_on_failure=False)
+        out["failed"] = f"{type(error).__name__}: {error}"
     return out
 
 
