@@ -9,8 +9,10 @@ new sampler version) redoes all.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,11 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from model import dataset as dataset_format
 from model.atomic import atomic_write_text
-from tasks.lib import filtering, reports, sampling
+from tasks.lib import filtering, leakage, reports, sampling
 from tasks.lib.config import FramesStage, normalise_split
 from tasks.lib.paths import UnsafePathError, label_slug, safe_join
 from tasks.lib.results import StageResult
@@ -171,6 +174,25 @@ def _float_or_nan(v: Any) -> float:
 
 
 @dataclass
+class LeakageCheck:
+    """What the leakage check found (``tasks/lib/leakage.py``) and did under ``frames.leakage``."""
+
+    report: Path
+    pairs: list[leakage.LeakPair]
+    decisions: dict[str, str]  # clip_id -> kept / dropped / moved_to_train (drop policy only)
+    nearest: list[float]  # per hashed clip, the distance to its nearest clip in another split
+    seconds: float
+
+    @property
+    def dropped(self) -> list[str]:
+        return sorted(c for c, a in self.decisions.items() if a == leakage.DROPPED)
+
+    @property
+    def moved(self) -> list[str]:
+        return sorted(c for c, a in self.decisions.items() if a == leakage.MOVED)
+
+
+@dataclass
 class DatasetSummary:
     manifest: Path
     dataset_json: Path
@@ -180,6 +202,7 @@ class DatasetSummary:
     warnings: list[str]
     removed: list[str]
     fingerprint: str
+    leakage: LeakageCheck | None = None
 
 
 @task(name="write-dataset", cache_policy=NO_CACHE)
@@ -209,6 +232,12 @@ def write_dataset(config: FramesStage, plan: FramesPlan, results: list[dict[str,
             "source_height": int(info["height"]), "frames_sha256": r["digest"],
             "frames_mtime_ns": (dataset_dir / r["frames_path"]).stat().st_mtime_ns,
         })
+    check = check_leakage(config, rows)
+    warnings = list(split.warnings)
+    kept_frames = {r["frames_path"] for r in rows}  # a dropped clip's frames stay: a re-run need not sample it again
+    if check.decisions:
+        rows, lost = apply_leakage_drop(rows, check.decisions, config.classes)
+        warnings += lost
     manifest, dataset_json, fingerprint = dataset_format.write_dataset_files(
         dataset_dir, rows, classes=config.classes, num_frames=config.frames.num_frames, image_size=config.frames.size,
         params=plan.params, sampling=sampling.SAMPLING_METHOD, split_mode=config.frames.split_mode,
@@ -218,8 +247,62 @@ def write_dataset(config: FramesStage, plan: FramesPlan, results: list[dict[str,
         config.reports_dir / "frames.csv",
         reports.report_csv(sorted(everything, key=lambda r: (r["label"], r["clip_id"])), FRAMES_REPORT_COLUMNS),
     )
-    removed = prune_frames(dataset_dir, {r["frames_path"] for r in rows})
-    return DatasetSummary(manifest, dataset_json, report, rows, per_class_split, split.warnings, removed, fingerprint)
+    removed = prune_frames(dataset_dir, kept_frames)
+    return DatasetSummary(manifest, dataset_json, report, rows, per_class_split, warnings, removed, fingerprint,
+                          check)
+
+
+def check_leakage(config: FramesStage, rows: list[dict[str, Any]]) -> LeakageCheck:
+    """Find clips in different splits that are the same footage (``tasks/lib/leakage.py``: one youtube_id with
+    overlapping windows, or near-identical stored frames) and write ``reports/leakage.csv``, header only when
+    there are none. Under ``frames.leakage: drop`` the decisions say which clips leave val/test."""
+    started = time.perf_counter()
+    clips = [leakage.LeakClip(r["clip_id"], r["split"], r["label"], str(r.get("youtube_id") or ""),
+                              _float_or_nan(r.get("time_start")), _float_or_nan(r.get("time_end"))) for r in rows]
+    hashes = []
+    for r in rows:
+        try:
+            hashes.append(leakage.npy_hashes(config.dataset_dir / r["frames_path"]))
+        except (OSError, ValueError):  # unreadable frames are the sampler's business: this clip is not compared
+            hashes.append(None)
+    found = leakage.scan_leaks(clips, hashes)
+    pairs, nearest = found.pairs, found.nearest
+    decisions = leakage.drop_decisions(pairs) if config.frames.leakage == "drop" else {}
+    report = reports.write_report(leakage.report_rows(pairs, decisions), leakage.REPORT_COLUMNS,
+                                  config.reports_dir / "leakage.csv")
+    seconds = time.perf_counter() - started
+    finite = sorted(float(d) for d in nearest if math.isfinite(d))
+    if finite:
+        _logger().info(
+            "leakage check: %d clips hashed in %.2f s; nearest clip in another split: min %.1f, median %.1f bits "
+            "(threshold %.0f); %d pair(s) across splits", len(finite), seconds, finite[0],
+            finite[len(finite) // 2], leakage.THRESHOLD, len(pairs))
+    return LeakageCheck(report, pairs, decisions, finite, seconds)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The task run's logger; a plain one when called outside a run (``write_dataset.fn`` in benchmarks)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def apply_leakage_drop(rows: list[dict[str, Any]], decisions: dict[str, str],
+                       classes: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The manifest rows under ``frames.leakage: drop`` (dropped clips out, moved ones in train), and a warning
+    for every class and split the drop leaves empty."""
+    before = dataset_format.split_counts(rows, classes)
+    out = []
+    for r in rows:
+        action = decisions.get(r["clip_id"])
+        if action == leakage.DROPPED:
+            continue
+        out.append({**r, "split": "train"} if action == leakage.MOVED else r)
+    after = dataset_format.split_counts(out, classes)
+    warnings = [f"class {c!r} has no {s} clips left after dropping leaked clips (reports/leakage.csv)"
+                for c in classes for s in dataset_format.SPLITS if before[c][s] and not after[c][s]]
+    return out, warnings
 
 
 def prune_frames(dataset_dir: Path, keep: set[str]) -> list[str]:
@@ -252,12 +335,29 @@ def frames_summary(config: FramesStage, plan: FramesPlan, results: list[dict[str
               **{f"failed_{k}": v for k, v in sorted(failures.items(), key=lambda kv: -kv[1])},
               **({"removed_stale": len(ds.removed)} if ds.removed else {})}
     outputs = [str(ds.manifest), str(ds.dataset_json), str(ds.report)]
+    leak = ds.leakage
+    if leak is not None:
+        counts["leakage_pairs"] = len(leak.pairs)
+        if leak.decisions:
+            counts["leakage_dropped"], counts["leakage_moved"] = len(leak.dropped), len(leak.moved)
+        outputs.append(str(leak.report))
     by_class = ", ".join(f"{c!r}: {sum(v.values())}" for c, v in ds.per_class_split.items())
     message = (f"{len(ds.rows)} clips in the dataset ({by_class}); train/val/test = "
                f"{splits['train']}/{splits['val']}/{splits['test']}; {counts['sampled']} sampled now, "
                f"{counts['already_done']} already done")
     if failures:
         message += "; could not sample: " + ", ".join(f"{v} {k}" for k, v in failures.items())
+    if leak is not None and leak.pairs:
+        reasons = {}
+        for p in leak.pairs:
+            reasons[p.reason] = reasons.get(p.reason, 0) + 1
+        message += (f"\n   leakage: {len(leak.pairs)} pair(s) of clips across splits are the same footage ("
+                    + ", ".join(f"{n} {r}" for r, n in reasons.items()) + f"; reports/{leak.report.name})")
+        if leak.decisions:
+            message += (f": {len(leak.dropped)} val/test clip(s) dropped, {len(leak.moved)} moved to train, "
+                        "each kept in train only")
+        else:
+            message += "; frames.leakage: drop keeps each in train only"
     if ds.warnings:
         message += "\n   warning: " + "\n   warning: ".join(ds.warnings)
     usable = [c for c, v in ds.per_class_split.items() if sum(v.values())]

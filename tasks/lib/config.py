@@ -91,6 +91,12 @@ class FramesConfig(_Strict):
         "random", description="random: stratified by class, seeded; official: the CSV's own split column"
     )
     workers: int = Field(2, ge=1, le=64, description="clips sampled at once")
+    # Not a sampling parameter (the .npy files do not depend on it); `drop` changes the manifest's rows and splits,
+    # and so the dataset fingerprint, exactly when it drops or moves a clip.
+    leakage: Literal["report", "drop"] = Field(
+        "report", description="clips in different splits that are the same footage (reports/leakage.csv): "
+        "report: only report them; drop: keep each in train only (its val/test copies leave the dataset)"
+    )
 
 
 class ClusterConfig(_Strict):
