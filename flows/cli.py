@@ -173,10 +173,12 @@ def _next_steps(cfg, summaries: list[StageResult]) -> None:
     tracking.use_store(cfg.mlflow.model_copy(update={"tracking_uri": uri}))
     exp_id = tracking.experiment_id(cfg.mlflow.experiment)
     page = tracking.experiment_url("http://127.0.0.1:5000", exp_id) if exp_id else "http://127.0.0.1:5000"
+    # no champion when every version so far fell below the baseline: the commands then name the challenger
+    alias = "champion" if "champion" in train.result["registry"].get("aliases", {}) else "challenger"
     print("\nNext:")
     print(f"   mlflow ui --backend-store-uri {uri} --port 5000      # then open {page}")
-    print(f"   vivit predict VIDEO.mp4 --model models:/{cfg.mlflow.model_name}@champion --tracking-uri {uri}")
-    print(f"   mlflow models serve -m models:/{cfg.mlflow.model_name}@champion --env-manager local --port 5001"
+    print(f"   vivit predict VIDEO.mp4 --model models:/{cfg.mlflow.model_name}@{alias} --tracking-uri {uri}")
+    print(f"   mlflow models serve -m models:/{cfg.mlflow.model_name}@{alias} --env-manager local --port 5001"
           f"   # with MLFLOW_TRACKING_URI={uri}")
 
 

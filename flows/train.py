@@ -17,7 +17,8 @@ from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
 from tasks.guards import check_space_for_training, check_tracking_store, check_training_device
 from tasks.train import (
-    DatasetMissingError, find_reusable_run, log_training, read_dataset_info, register_model, run_tags, summary_message,
+    DatasetMissingError, find_reusable_run, fit_baseline, log_training, read_dataset_info, register_model, run_tags,
+    summary_message,
     train_key, train_model, training_summary,
 )
 
@@ -65,12 +66,14 @@ def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
 
 
 def _train_and_register(config: TrainStage, info, key: str) -> dict:
-    """One MLflow run around three tasks: train (no retries), log, register (retried when the store is down)."""
+    """One MLflow run around four tasks: the baseline, train (no retries), log, register (retried when the store is
+    down; champion only above the baseline)."""
     uri = tracking.use_store(config.mlflow)
     started = time.time()
     with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}",
                                run_tags(config, info, key)) as run_id:
+        reference = fit_baseline(info)
         result = train_model(config, info, key, run_id)
-        final, model_uri = log_training(config, info, key, result, started)
-        reg = register_model(config, model_uri, run_id, float(result.best_val_score))
+        final, model_uri = log_training(config, info, key, result, started, reference)
+        reg = register_model(config, model_uri, run_id, float(result.best_val_score), reference.get("baseline/val_f1"))
     return training_summary(config, info, run_id, uri, final, reg, result)

@@ -12,6 +12,7 @@ from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from tasks.lib import baseline
 from model.atomic import atomic_write_text
 from model.dataset import DatasetError, DatasetInfo, load_dataset
 from model.options import stable_hash
@@ -97,7 +98,18 @@ def summary_message(config: TrainStage, res: dict[str, Any]) -> str:
              score("test_f1", "test_f1", "test_f1")]
     reg = res["registry"]
     return (f"{'reused' if res['reused'] else 'trained'} {config.train.model}: " + ", ".join(p for p in parts if p)
-            + f"; {reg['name']} v{reg['version']} aliases={reg['aliases']}")
+            + f"; {baseline_line(m)}; {reg['name']} v{reg['version']} aliases={reg['aliases']}"
+            + (f" ({reg['reason']})" if reg.get("reason") else ""))
+
+
+def baseline_line(metrics: dict[str, float]) -> str:
+    """The trivial reference beside the model's scores, so that every summary says whether the transformer learnt
+    more than motion energy."""
+    if "baseline/val_f1" not in metrics and "baseline/test_f1" not in metrics:
+        return "baseline: not measured"
+    shown = " ".join(f"{s}_f1={metrics[f'baseline/{s}_f1']:.3f}" for s in ("val", "test") if f"baseline/{s}_f1" in metrics)
+    margin = metrics.get("baseline/test_margin")
+    return f"baseline (mean frame + motion energy) {shown}" + (f", model {margin:+.3f} on test" if margin is not None else "")
 
 
 class _PrefectProgress:
@@ -170,9 +182,14 @@ def _log_inputs(config: TrainStage, dataset_info: DatasetInfo) -> None:
     tracking.log_dataset(dataset_info, "kinetics-frames")
 
 
-def _final_metrics(result: Any, started: float) -> dict[str, float]:
+def _final_metrics(result: Any, started: float, reference: dict[str, float]) -> dict[str, float]:
     test = result.test_metrics or {}
-    final = {"best_val_f1": result.best_val_f1, "best_val_score": result.best_val_score, "best_epoch": result.best_epoch}
+    final = {"best_val_f1": result.best_val_f1, "best_val_score": result.best_val_score, "best_epoch": result.best_epoch,
+             **reference}
+    if "baseline/test_f1" in reference and test.get("f1") is not None:
+        final["baseline/test_margin"] = test["f1"] - reference["baseline/test_f1"]
+    if "baseline/val_f1" in reference:
+        final["baseline/val_margin"] = result.best_val_score - reference["baseline/val_f1"]
     for prefix, report in (("test", test), ("best_val", result.val_metrics or {})):
         for k in ("accuracy", "f1", "loss", "auc"):
             if report.get(k) is not None:
@@ -239,6 +256,18 @@ def run_tags(config: TrainStage, dataset_info: DatasetInfo, key: str) -> dict[st
     }
 
 
+@task(name="fit-baseline", cache_policy=NO_CACHE)
+def fit_baseline(dataset_info: DatasetInfo) -> dict[str, float]:
+    """The trivial reference on the same stored frames and splits (seconds), logged as ``baseline/*`` before the
+    training starts, so that even an interrupted run shows the bar it has to clear."""
+    started = time.time()
+    metrics = baseline.reference(dataset_info).metrics()
+    tracking.log_metrics(metrics)
+    get_run_logger().info("baseline (mean frame + motion energy, logistic regression): %s in %.1f s",
+                          " ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in metrics.items()), time.time() - started)
+    return metrics
+
+
 @task(name="train-model", cache_policy=NO_CACHE)
 def train_model(config: TrainStage, dataset_info: DatasetInfo, key: str, run_id: str) -> Any:
     """Log the inputs, then ``fit``, every epoch reported to the MLflow run and the Prefect UI. No retries: a
@@ -255,10 +284,10 @@ def train_model(config: TrainStage, dataset_info: DatasetInfo, key: str, run_id:
 
 @task(name="log-training", cache_policy=NO_CACHE)
 def log_training(config: TrainStage, dataset_info: DatasetInfo, key: str, result: Any,
-                 started: float) -> tuple[dict[str, float], str]:
-    """The final metrics, the report and plots, and the packaged classifier, into the active run. Returns the
-    metrics and the logged model's URI."""
-    final = _final_metrics(result, started)
+                 started: float, reference: dict[str, float]) -> tuple[dict[str, float], str]:
+    """The final metrics (the baseline's and the margins over it included), the report and plots, and the packaged
+    classifier, into the active run. Returns the metrics and the logged model's URI."""
+    final = _final_metrics(result, started, reference)
     tracking.log_metrics(final)
     # the network actually trained (a pretrained start is the checkpoint's architecture, not the preset's)
     tracking.log_params({"model_params": sum(p.numel() for p in result.model.parameters())})
@@ -272,11 +301,15 @@ def _store_down(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="register-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_store_down)
-def register_model(config: TrainStage, model_uri: str, run_id: str, score: float) -> Any:
-    """A new version (or this run's, on a retry) with alias challenger; champion when its score beats the
-    incumbent's."""
-    reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, score)
-    get_run_logger().info("registered %s v%d (%s)", reg.name, reg.version, reg.decision)
+def register_model(config: TrainStage, model_uri: str, run_id: str, score: float,
+                   baseline_score: float | None = None) -> Any:
+    """A new version (or this run's, on a retry) with alias challenger; champion when its score beats both the
+    baseline's validation F1 and the incumbent's score."""
+    reg = tracking.register_and_promote(model_uri, config.mlflow.model_name, run_id, score, baseline=baseline_score)
+    log = get_run_logger()
+    log.info("registered %s v%d (%s)", reg.name, reg.version, reg.decision)
+    if reg.decision == "below_baseline":
+        log.warning("%s v%d is not champion: %s", reg.name, reg.version, reg.reason)
     return reg
 
 

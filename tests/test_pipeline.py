@@ -81,6 +81,10 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     assert {"val/best_score", "val/f1_smoothed", "test/accuracy_ci_low", "test/accuracy_ci_high", "test/f1_ci_low",
             "test/f1_ci_high", "val/best_accuracy_ci_low"} <= set(m)
     assert m["test/accuracy_ci_low"] <= m["test/accuracy"] <= m["test/accuracy_ci_high"]
+    # the trivial reference on the same frames and splits, beside the model's scores, in the summary too
+    assert {"baseline/val_f1", "baseline/test_f1", "baseline/C", "baseline/test_margin", "baseline/val_margin"} <= set(m)
+    assert m["baseline/test_margin"] == pytest.approx(m["test/f1"] - m["baseline/test_f1"])
+    assert f"baseline (mean frame + motion energy) val_f1={m['baseline/val_f1']:.3f}" in first[-1]["message"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/confusion_matrix_normalized.png"} <= arts
     assert run.inputs.dataset_inputs, "the manifest is logged as an MLflow dataset input"
@@ -93,7 +97,11 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     assert [e["epoch"] for e in report["epochs"]] == [1, 2]
     n_train = int((manifest["split"] == "train").sum())
     assert all(sum(map(sum, e["train"]["confusion_matrix"])) == n_train for e in report["epochs"])
-    assert int(client.get_model_version_by_alias("e2e", "champion").version) == 1
+    # these 12 generated clips differ in motion energy alone: the reference is perfect on val, so the 2-epoch model
+    # is registered, as challenger, and is not champion, and the summary says why
+    assert m["baseline/val_f1"] == 1.0
+    assert train["registry"]["decision"] == "below_baseline" and train["registry"]["aliases"] == {"challenger": 1}
+    assert "below the baseline's 1.000" in run.data.tags["registry.reason"] and "challenger only" in first[-1]["message"]
 
     # unchanged inputs: no repeated data work, no retraining
     data_before = _mtimes(cfg.raw_dir) | _mtimes(cfg.dataset_dir / "frames")

@@ -255,10 +255,10 @@ def test_fine_tunes_run_end_to_end_through_vivit_run(prefect_harness, demo_sourc
         assert main(["run", "--config", str(config), *[a for kv in sets for a in ("--set", kv)]]) == 0, name
         info = json.loads((tmp_path / "data" / "dataset" / "dataset.json").read_text())
         assert (info["num_frames"], info["size"]) == (T, S)  # the frames stage stored what the checkpoint sees
-        clf = load_classifier(f"models:/{name}@champion", db)
+        clf = load_classifier(f"models:/{name}@challenger", db)  # champion or not: that is the baseline's business
         assert clf.network.config.variant == variant and clf.network.config.dim == 32
         assert (clf.num_frames, clf.image_size, clf.view.mean, clf.view.std) == (T, S, mean, std)
-        version = MlflowClient(db).get_model_version_by_alias(name, "champion")
+        version = MlflowClient(db).get_model_version_by_alias(name, "challenger")
         assert MlflowClient(db).get_run(version.run_id).data.params["train.init"] == str(folder)
     downloads = pd.read_csv(tmp_path / "data" / "reports" / "download.csv")
     assert set(downloads["status"]) == {"skipped"}  # the later runs reused the first run's data

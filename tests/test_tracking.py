@@ -36,11 +36,11 @@ def _classifier(seed: int = 0):
     return VideoClassifier(net, classes=["dribbling basketball", "dunking basketball"], num_frames=T, image_size=S)
 
 
-def _log_version(store: MlflowConfig, score: float) -> tracking.Registration:
+def _log_version(store: MlflowConfig, score: float, baseline: float | None = None) -> tracking.Registration:
     with tracking.training_run(store.experiment, f"s{score}", {"train_key": "k"}) as run_id:
         tracking.log_metrics({tracking.SELECTION_METRIC: score})
         uri = tracking.log_classifier(_classifier(), metadata={"classes": ["a", "b"], "num_frames": T, "image_size": S})
-        return tracking.register_and_promote(uri, store.model_name, run_id, score)
+        return tracking.register_and_promote(uri, store.model_name, run_id, score, baseline=baseline)
 
 
 def test_default_store_is_embedded_sqlite_with_four_slashes(tmp_path, monkeypatch):
@@ -70,6 +70,32 @@ def test_champion_moves_only_on_a_strictly_better_score(store):
     assert run.data.tags["registry.decision"] == "kept_incumbent"
     assert run.data.metrics["registry/incumbent_score"] == pytest.approx(0.70)
     assert run.data.metrics["registry/challenger_score"] == pytest.approx(0.60)
+
+
+def test_a_model_not_above_the_baseline_is_never_champion(store):
+    """The champion rule (tasks/tracking/registry.py below_baseline): the smoothed val score must be strictly above
+    the baseline's val macro F1, whatever the incumbent; such a version is still registered, as challenger, and the
+    run and the version say by how much it fell short."""
+    from mlflow import MlflowClient
+
+    under = _log_version(store, 0.60, baseline=0.65)
+    assert (under.version, under.decision, under.champion_version) == (1, "below_baseline", None)
+    assert "0.050 below the baseline's 0.650" in under.reason
+    assert tracking.aliases(store.model_name) == {"challenger": 1}
+    assert tracking.aliases(store.model_name + tracking.VIDEO_SUFFIX) == {"challenger": 1}
+    client = MlflowClient()
+    version = client.get_model_version(store.model_name, "1")
+    assert version.tags[tracking.BASELINE_METRIC] == "0.650000"
+    assert "below the baseline" in client.get_run(version.run_id).data.tags["registry.reason"]
+
+    equal = _log_version(store, 0.65, baseline=0.65)
+    assert equal.decision == "below_baseline" and "only equal to" in equal.reason
+    above = _log_version(store, 0.70, baseline=0.65)
+    assert (above.decision, above.champion_version) == ("first_champion", 3)
+    better_but_under = _log_version(store, 0.90, baseline=0.95)  # beats the incumbent, not its own baseline
+    assert (better_but_under.decision, better_but_under.champion_version) == ("below_baseline", 3)
+    assert tracking.aliases(store.model_name) == {"champion": 3, "challenger": 4}
+    assert _log_version(store, 0.80, baseline=None).decision == "promoted"  # no validation split: no baseline
 
 
 def test_registering_a_run_again_reuses_its_version(store):

@@ -32,6 +32,7 @@ from tasks.tracking.models import (  # noqa: E402
     video_signature,
 )
 from tasks.tracking.registry import (  # noqa: E402
+    BASELINE_METRIC,
     CHALLENGER,
     CHAMPION,
     SELECTION_METRIC,
@@ -77,7 +78,7 @@ from tasks.tracking.store import (  # noqa: E402
 
 __all__ = [
     "REQUIREMENTS", "ClassifierPyfunc", "VideoPyfunc", "classifier_signature", "load_classifier", "log_classifier",
-    "video_signature", "CHALLENGER", "CHAMPION", "SELECTION_METRIC", "VIDEO_SUFFIX", "Registration", "aliases",
+    "video_signature", "BASELINE_METRIC", "CHALLENGER", "CHAMPION", "SELECTION_METRIC", "VIDEO_SUFFIX", "Registration", "aliases",
     "default_model_uri", "find_reusable_run", "promote", "register_and_promote", "run_score", "OWNER_TAGS",
     "MlflowReporter", "code_version_tags", "flatten", "internal_metric_name", "log_artifacts", "log_config",
     "log_dataset", "log_dict", "log_metrics", "log_params", "metric_name", "owner_tags", "reap_dead_runs",

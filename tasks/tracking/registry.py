@@ -1,6 +1,7 @@
 """The model registry: versions, the champion / challenger aliases, the promotion rule, reuse of a finished run."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,21 +25,24 @@ class Registration:
     name: str
     version: int
     champion_version: int | None
-    decision: str  # promoted | kept_incumbent | first_champion
+    decision: str  # promoted | kept_incumbent | first_champion | below_baseline
     challenger_score: float
     incumbent_score: float | None
+    baseline_score: float | None = None
+    reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
 def register_and_promote(model_uri: str, name: str, run_id: str, score: float,
-                         metric: str = SELECTION_METRIC) -> Registration:
+                         metric: str = SELECTION_METRIC, baseline: float | None = None) -> Registration:
     """New version + alias ``challenger``; ``champion`` moves only when the challenger's score is strictly higher
-    (ties keep the incumbent). The decision and both scores go onto the run. Idempotent per run: a retry after
-    a lost connection promotes the version this run already has instead of registering a second one."""
+    than the baseline's validation F1 and than the incumbent's (ties keep the incumbent). The decision and the
+    scores go onto the run. Idempotent per run: a retry after a lost connection promotes the version this run
+    already has instead of registering a second one."""
     version = version_of_run(name, run_id) or int(mlflow.register_model(model_uri, name).version)
-    return promote(name, version, run_id, score, metric)
+    return promote(name, version, run_id, score, metric, baseline=baseline)
 
 
 def version_of_run(name: str, run_id: str) -> int | None:
@@ -47,14 +51,34 @@ def version_of_run(name: str, run_id: str) -> int | None:
     return max((int(v.version) for v in found), default=None)
 
 
+BASELINE_METRIC = "baseline/val_f1"  # the trivial reference's val macro F1 (model/baseline.py), logged by the train stage
+
+
+def below_baseline(score: float, baseline: float | None) -> str:
+    """Why a model may not be champion ("" when it may): the rule is stated here once, as the registry applies it.
+    A model is champion only if its smoothed validation macro F1 (the score that selected its epoch) is strictly
+    above the baseline's validation macro F1; a model that does not beat a logistic regression on the mean frame
+    and motion energy has not learnt video."""
+    if baseline is None or math.isnan(baseline):
+        return ""
+    if math.isnan(score) or score <= baseline:
+        gap = baseline - score
+        how = f"{gap:.3f} below" if gap > 0 else "only equal to"
+        return (f"its smoothed val F1 {score:.3f} is {how} the baseline's {baseline:.3f} (logistic regression on mean "
+                "frame + motion energy): registered as challenger only")
+    return ""
+
+
 def run_score(metrics: dict[str, float], metric: str = SELECTION_METRIC) -> float | None:
     """A run's champion score: ``metric`` under its grouped or flat name; for runs logged before selection was
     smoothed, their raw best val F1 (grouped or flat)."""
     return next((metrics[k] for k in (metric_name(metric), metric, "val/best_f1", "best_val_f1") if k in metrics), None)
 
 
-def promote(name: str, version: int, run_id: str, score: float, metric: str = SELECTION_METRIC) -> Registration:
-    """Aliases for a registered ``version``: ``challenger``, and ``champion`` when it beats the incumbent."""
+def promote(name: str, version: int, run_id: str, score: float, metric: str = SELECTION_METRIC,
+            baseline: float | None = None) -> Registration:
+    """Aliases for a registered ``version``: ``challenger``, and ``champion`` when it beats the baseline and the
+    incumbent."""
     client = MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, str(version))
     incumbent_score: float | None = None
@@ -62,7 +86,10 @@ def promote(name: str, version: int, run_id: str, score: float, metric: str = SE
         champ = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champ = None
-    if champ is None:
+    reason = below_baseline(score, baseline)
+    if reason and (champ is None or int(champ.version) != version):
+        decision, champion_version = "below_baseline", int(champ.version) if champ is not None else None
+    elif champ is None:
         decision, champion_version = "first_champion", version
     else:
         incumbent_run = client.get_run(champ.run_id) if champ.run_id else None
@@ -76,15 +103,18 @@ def promote(name: str, version: int, run_id: str, score: float, metric: str = SE
     if champion_version == version:
         client.set_registered_model_alias(name, CHAMPION, str(version))
     client.set_model_version_tag(name, str(version), metric, f"{score:.6f}")
+    if baseline is not None:
+        client.set_model_version_tag(name, str(version), BASELINE_METRIC, f"{baseline:.6f}")
     with_run = {"registry.version": version, "registry.decision": decision,
-                "registry.champion_version": champion_version}
+                "registry.champion_version": champion_version, **({"registry.reason": reason} if reason else {})}
     for k, v in with_run.items():
         client.set_tag(run_id, k, str(v))
     _register_video_model(run_id, f"{name}{VIDEO_SUFFIX}", promote=champion_version == version)
     client.log_metric(run_id, metric_name("challenger_score"), float(score))
     if incumbent_score is not None:
         client.log_metric(run_id, metric_name("incumbent_score"), float(incumbent_score))
-    return Registration(name, version, champion_version, decision, float(score), incumbent_score)
+    return Registration(name, version, champion_version, decision, float(score), incumbent_score, baseline,
+                        reason if decision == "below_baseline" else "")
 
 
 VIDEO_SUFFIX = "-video"
@@ -145,7 +175,8 @@ def find_reusable_run(experiment: str, train_key: str, model_name: str) -> dict[
             v = max(versions, key=lambda mv: int(mv.version))
             if "registry.decision" not in run.data.tags:  # killed between registering and the aliases
                 score = run_score(run.data.metrics)
-                promote(model_name, int(v.version), run.info.run_id, float("nan") if score is None else float(score))
+                promote(model_name, int(v.version), run.info.run_id, float("nan") if score is None else float(score),
+                        baseline=run.data.metrics.get(BASELINE_METRIC))
             metrics = {internal_metric_name(k): m for k, m in run.data.metrics.items()}
             return {"run_id": run.info.run_id, "version": int(v.version), "metrics": metrics}
     return None
@@ -169,6 +200,13 @@ def default_model_uri(model_name: str, *, explicit: bool) -> str:
     if len(named) == 1:
         return f"models:/{named[0]}@{CHAMPION}"
     if not named:
+        waiting = sorted(m.name for m in client.search_registered_models()
+                         if CHALLENGER in (m.aliases or {}) and not m.name.endswith(VIDEO_SUFFIX))
+        if waiting:  # trained, but no version beat its baseline: say so, and how to use one all the same
+            raise LookupError(f"no registered model has a {CHAMPION!r} alias in {mlflow.get_tracking_uri()}: "
+                              f"{', '.join(waiting)} only has a {CHALLENGER!r}, which did not beat its baseline "
+                              f"(the run's registry.reason says by how much); to use it anyway pass --model "
+                              f"models:/{waiting[0]}@{CHALLENGER}")
         raise LookupError(f"no registered model has a {CHAMPION!r} alias in {mlflow.get_tracking_uri()}: "
                           "train one first (make run), or pass --model / --tracking-uri")
     raise LookupError(f"several registered models have a {CHAMPION!r} alias ({', '.join(named)}): "
