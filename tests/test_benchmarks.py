@@ -24,8 +24,8 @@ def _script(name: str):
 @pytest.mark.slow
 def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefect_harness, tmp_path, capsys):
     """The real-data benchmark on a tiny Kinetics-format job (generated clips served as file:// URLs): download,
-    filter, frames through Prefect, then the default recipe, single frame, frame-mlp and the logistic-regression
-    references, and the summary line."""
+    filter, frames through Prefect, then the default recipe, single frame, frame-mlp and the reference every
+    training logs, per set, and the summary line over the sets."""
     import yaml
 
     from tasks.lib.demo import generate_demo_dataset
@@ -35,42 +35,72 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
                                 clip_len=3.0)
     cfg = tmp_path / "job.yaml"
     cfg.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"), "annotations": [str(csv)],
+        "data_dir": str(tmp_path / "tiny"), "annotations": [str(csv)],
         "url_template": f"file://{src}/videos/{{youtube_id}}.mp4", "frames": {"num_frames": 10, "size": 32},
         "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
         "train": {"view_frames": 8, "epochs": 1, "batch_size": 4, "min_epochs": 0},
     }))
     out = tmp_path / "out"
-    result = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out)])
-    rows = result["rows"]
+    result = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--compare"])
+    assert list(result["sets"]) == ["tiny"]
+    tiny = result["sets"]["tiny"]
+    rows = tiny["rows"]
     assert list(rows) == ["default", "single frame (RGB)", "frame-mlp (RGB)"]
     assert rows["default"]["options"]["input"] == "diff" and rows["frame-mlp (RGB)"]["options"]["model"] == "frame-mlp"
     for r in rows.values():
         assert len(r["runs"]) == 1 and 0.0 <= r["test_f1_mean"] <= 1.0 and r["test_f1_std"] == 0.0
-    assert set(result["reference"]) == {"motion energy", "mean frame + motion energy"}
-    assert 0.0 <= result["reference"]["motion energy"]["test_f1"] <= 1.0
+    ref = tiny["reference"]
+    assert {"baseline/val_f1", "baseline/test_f1", "baseline/C"} <= set(ref) and 0.0 <= ref["baseline/test_f1"] <= 1.0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[-1] == result["summary"] and printed[-1].startswith("real_test_f1=")
-    assert f"worst_seed_test_f1={rows['default']['test_f1_min']:.3f}" in printed[-1]
+    assert printed[-1] == result["summary"]
+    margin = rows["default"]["test_f1_mean"] - ref["baseline/test_f1"]
+    assert printed[-1] == (f"sets=1 mean_test_f1={rows['default']['test_f1_mean']:.3f} min_margin_vs_ref={margin:.3f} "
+                           f"worst_seed_test_f1={rows['default']['test_f1_min']:.3f}")
     assert json.loads((out / "quality.json").read_text())["summary"] == printed[-1]
-    assert "| reference: motion energy (logistic regression) |" in (out / "quality.md").read_text()
+    assert "| reference: mean frame + motion energy (logistic regression" in (out / "quality.md").read_text()
+    assert "### tiny" in (out / "quality.md").read_text()
 
     # --rows retrains only the recipe's row; the comparison rows come from the run above, marked, unchanged
     again = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data",
-                                     "--rows", "default"])
-    assert again["rows"]["frame-mlp (RGB)"]["runs"] == rows["frame-mlp (RGB)"]["runs"]
-    assert again["rows"]["frame-mlp (RGB)"]["reused_from"].startswith("quality.json")
-    assert "reused_from" not in again["rows"]["default"] and "| frame-mlp (RGB) † |" in (out / "quality.md").read_text()
+                                     "--compare", "--rows", "default"])
+    again_rows = again["sets"]["tiny"]["rows"]
+    assert again_rows["frame-mlp (RGB)"]["runs"] == rows["frame-mlp (RGB)"]["runs"]
+    assert again_rows["frame-mlp (RGB)"]["reused_from"].startswith("quality.json")
+    assert "reused_from" not in again_rows["default"] and "| frame-mlp (RGB) † |" in (out / "quality.md").read_text()
     saved = json.loads((out / "quality.json").read_text())
-    assert saved["dataset_fingerprint"]
-    (out / "quality.json").write_text(json.dumps({**saved, "dataset_fingerprint": "another"}))
+    assert saved["sets"]["tiny"]["dataset_fingerprint"]
+    other = json.loads(json.dumps(saved))
+    other["sets"]["tiny"]["dataset_fingerprint"] = "another"
+    (out / "quality.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="another dataset"):  # rows of other data are never reused
-        _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data",
+        _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data", "--compare",
                                  "--rows", "default"])
     (out / "quality.json").write_text(json.dumps(saved))
-    with pytest.raises(SystemExit, match="no row 'single frame \\(RGB\\)' with these options"):
-        _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data",
+    with pytest.raises(SystemExit, match="no row 'single frame \\(RGB\\)' of tiny with these options"):
+        _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data", "--compare",
                                  "--rows", "default", "--set", "train.lr=0.002"])
+
+
+def test_quality_script_finds_every_shared_set(tmp_path):
+    """Each folder with annotations.csv is a set: its configs/<name>.yaml when the project has one, else a config
+    made from the folder (file:// URLs to its videos, the CSV's classes, the official split)."""
+    import yaml
+
+    quality = _script("quality")
+    root = tmp_path / "datasets"
+    for name, ext in (("surv_fight", ".mp4"), ("newset", ".avi")):
+        (root / name / "videos").mkdir(parents=True)
+        (root / name / "videos" / f"abcdefghijk{ext}").write_bytes(b"x")
+        (root / name / "annotations.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                                     "b,abcdefghijk,0,1,train\na,abcdefghijk,0,1,test\n")
+    (root / "notaset").mkdir()
+    found = quality.shared_sets(root)
+    assert [p.stem for p in found] == ["newset", "surv_fight"]
+    assert found[1] == ROOT / "configs" / "surv_fight.yaml"
+    made = yaml.safe_load(found[0].read_text())
+    assert made["classes"] == ["a", "b"] and made["frames"]["split_mode"] == "official"
+    assert made["url_template"] == f"file://{root / 'newset'}/videos/{{youtube_id}}.avi"
+    assert made["data_dir"] == "data/newset"
 
 
 def test_quality_script_says_what_is_missing(tmp_path):
