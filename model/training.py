@@ -10,7 +10,7 @@ What it does, and why:
   softmax of ``test_views`` fixed views, exactly as the packaged model does at prediction time.
 * Which weights are kept (``selection``). ``best_val`` (default): the epoch with the best EMA of the *validation
   macro F1* (accuracy flatters the majority class; the EMA keeps a lucky epoch on 15-80 validation clips from
-  deciding), never before ``min_epochs``, ties to the lower validation loss, early stopping after ``patience``.
+  deciding), never before ``min_epochs`` (default 0: no floor), ties to the lower validation loss, early stopping after ``patience``.
   ``final``: the weights at the end of the cosine schedule, no early stopping, validation only reports (measured
   no better on real clips: README, "Quality on real video"). Either way the champion score is the smoothed val F1
   of the kept epoch, and the kept weights are evaluated once on the test split, with confidence intervals.

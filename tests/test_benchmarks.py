@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tiny_dataset import noise_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

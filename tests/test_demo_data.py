@@ -186,7 +186,7 @@ def test_demo_config_validates():
     assert cfg.download.allow_file_urls is True
     assert cfg.url_template.startswith("file:///") and cfg.url_template.endswith("{youtube_id}.mp4")
     assert cfg.frames.num_frames == 32 and cfg.frames.size == 64 and cfg.frames.split_mode == "official"
-    assert cfg.train.epochs == 30 and cfg.train.min_epochs == 15
+    assert cfg.train.epochs == 30 and cfg.train.min_epochs == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
