@@ -40,12 +40,22 @@ def shared_clips() -> Path:
     return SHARED_CLIPS
 
 
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def torch_one_thread():
     """Tiny models gain nothing from a second thread, and lose a lot when other test processes share the cores."""
-    import torch
+    yield from _torch_threads(1)
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+@pytest.fixture
+def torch_two_threads():
+    """Real-size networks (the Kinetics I3D), timed or run on real clips: both cores."""
+    yield from _torch_threads(2)

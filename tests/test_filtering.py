@@ -2,7 +2,6 @@
 earlier verdicts, the two-class rule)."""
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from tasks.lib import filtering
 from tasks.lib.filtering import CheckResult, FilterItem, check_video
 from tasks.lib.media import ffmpeg_exe
+from tests.support.stages import write_download_report
 from tests.support.videos import make_counter_video
 
 
@@ -116,12 +116,8 @@ def test_a_bad_packet_is_tolerated_and_noted(files):
 
 # -- inputs ---------------------------------------------------------------------------------------------------------
 def _write_report(data_dir: Path, rows: list[dict]) -> None:
-    (data_dir / "reports").mkdir(parents=True, exist_ok=True)
     cols = ["youtube_id", "label", "split", "status", "reason", "path", "message", "time_start", "time_end", "clip_id"]
-    with open(data_dir / "reports" / "download.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_download_report(data_dir, rows, cols)
 
 
 def _clip_file(data_dir: Path, slug: str, name: str) -> Path:

@@ -3,7 +3,6 @@ quarantine, the dataset contract, and re-running (nothing redone; one deleted .n
 parameters redo all; clips that leave the filter report leave the dataset)."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -13,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.support.stages import failed_summary
+from tests.support.stages import failed_summary, write_download_report
+from tests.support.videos import make_counter_video
 
 from tasks.lib.config import PipelineConfig
-from tests.support.videos import make_counter_video
 
 CLASSES = ["dribbling basketball", "dunking basketball"]
 SLUGS = {"dribbling basketball": "dribbling_basketball", "dunking basketball": "dunking_basketball"}
@@ -47,11 +46,7 @@ def make_data_dir(root: Path, per_class: dict[str, int], *, bad: bool = True, re
                      "reason": "unavailable", "message": "Video unavailable", "path": "", "time_start": 0,
                      "time_end": 10, "clip_id": "gone_000000_000010"})
     if report:
-        (root / "reports").mkdir(parents=True, exist_ok=True)
-        with open(root / "reports" / "download.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+        write_download_report(root, rows, COLUMNS)
     return root
 
 

@@ -34,14 +34,6 @@ K400_NAME = {i: n for n, i in K400.items()}
 N_ARRAYS, N_VALUES = 230, 12_704_544  # what the checkpoint holds: params + batch_stats
 
 
-@pytest.fixture
-def two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def real_weights(tmp_path_factory):
     """A function giving the session's converted cache dir, converting on first call inside the calling test (so a
@@ -310,7 +302,7 @@ def top5(net: I3D, x: torch.Tensor) -> list[tuple[str, float]]:
 
 @pytest.mark.slow
 @pytest.mark.shared
-def test_deepminds_own_sample_gives_its_published_top5(real_weights, shared_clips, two_threads):
+def test_deepminds_own_sample_gives_its_published_top5(real_weights, shared_clips, torch_two_threads):
     """v_CricketShot_g04_c01_rgb.gif is DeepMind's sample (79 frames, 224 x 224, the GIF of their .npy input).
     Their published output for this (TF-Hub) checkpoint, kinetics-i3d ``out/no_imagenet_rgb.txt``: playing cricket
     0.997, robot dancing, pumping fist, breakdancing, hurling (sport). The GIF's 256-colour palette moves the
@@ -333,7 +325,7 @@ def test_deepminds_own_sample_gives_its_published_top5(real_weights, shared_clip
     ("arm_wrestling__mmaction2_demo.mp4", {"arm wrestling"}),
     ("archery__paddlevideo_example.avi", {"archery"}),
 ])
-def test_real_clips_land_in_their_kinetics_class(real_weights, shared_clips, two_threads, clip, expected):
+def test_real_clips_land_in_their_kinetics_class(real_weights, shared_clips, torch_two_threads, clip, expected):
     net = real_weights(model=True)
     result = top5(net, clip_input(shared_clips / "action" / clip, 32))
     print(clip, result)
@@ -341,7 +333,7 @@ def test_real_clips_land_in_their_kinetics_class(real_weights, shared_clips, two
 
 
 @pytest.mark.slow
-def test_cpu_cost_of_16_frames(two_threads):
+def test_cpu_cost_of_16_frames(torch_two_threads):
     """Not a limit, a number to plan with: one clip of 16 x 224 x 224 on two threads."""
     net = I3D().eval()
     x = torch.rand(1, 3, 16, 224, 224) * 2 - 1

@@ -3,7 +3,6 @@ near-identical stored frames; the ``drop`` policy; and the frames stage writing 
 applying ``frames.leakage: drop`` for real (Prefect, ffmpeg, PyAV)."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -15,6 +14,7 @@ from PIL import Image
 
 from tasks.lib import leakage as L
 from tasks.lib.media import encode_video, ffmpeg_command
+from tests.support.stages import write_download_report
 from tests.support.tiny_dataset import noise_dataset
 
 CLASSES = ["dribbling basketball", "dunking basketball"]
@@ -214,11 +214,7 @@ def leaky_data_dir(root: Path) -> Path:
     add("reupload", CLASSES[1], "test", copy_of=root / "raw" / SLUGS[CLASSES[1]] / "b0_000000_000010.mp4")
     twin = add("twin", CLASSES[1], "val", scene(next(seed), n=12, h=72, w=96))
     add("twin2", CLASSES[1], "test", copy_of=twin)
-    (root / "reports").mkdir(parents=True, exist_ok=True)
-    with open(root / "reports" / "download.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=DOWNLOAD_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_download_report(root, rows, DOWNLOAD_COLUMNS)
     return root
 
 
