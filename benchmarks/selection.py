@@ -51,38 +51,31 @@ def _one(e: int, n: int) -> np.ndarray:
     return w
 
 
+def _best(score: np.ndarray, min_epochs: int, patience: int | None) -> int:
+    """fit's loop over a higher-is-better score: the best epoch from ``min_epochs`` on, stopping after
+    ``patience`` epochs without a better one."""
+    best, since, pick = -np.inf, 0, len(score) - 1
+    for e in range(len(score)):
+        if e + 1 < min(min_epochs, len(score)):
+            continue
+        if score[e] > best + 1e-12:
+            best, pick, since = score[e], e, 0
+        else:
+            since += 1
+            if patience is not None and since >= patience:
+                break
+    return pick
+
+
 def ema_f1(min_epochs: int, patience: int | None = 20, a: float = 0.8) -> Rule:
     """``fit``'s rule: the best EMA of the val macro F1 from ``min_epochs`` on, early stopping after ``patience``."""
-    def rule(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-        s, best, since = _ema(_f1_per_epoch(p, y), a), -1.0, 0
-        pick = len(s) - 1
-        for e in range(len(s)):
-            if e + 1 < min(min_epochs, len(s)):
-                continue
-            if s[e] > best + 1e-12:
-                best, pick, since = s[e], e, 0
-            else:
-                since += 1
-                if patience is not None and since >= patience:
-                    break
-        return _one(pick, len(s))
-    return rule
+    return lambda p, y: _one(_best(_ema(_f1_per_epoch(p, y), a), min_epochs, patience), len(p))
 
 
 def ema_loss(a: float = 0.8, patience: int | None = 20) -> Rule:
     """The epoch with the lowest EMA of the val cross-entropy: a continuous signal where F1 moves in steps of one
     clip."""
-    def rule(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-        s, best, since, pick = _ema(_nll_per_epoch(p, y), a), np.inf, 0, 0
-        for e in range(len(s)):
-            if s[e] < best - 1e-12:
-                best, pick, since = s[e], e, 0
-            else:
-                since += 1
-                if patience is not None and since >= patience:
-                    break
-        return _one(pick, len(s))
-    return rule
+    return lambda p, y: _one(_best(-_ema(_nll_per_epoch(p, y), a), 0, patience), len(p))
 
 
 def window(base: Rule, k: int) -> Rule:
