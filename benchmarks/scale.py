@@ -357,7 +357,7 @@ def ddp(work: Path, clips: int, epochs: int) -> dict:
 
 
 # -- bf16 -------------------------------------------------------------------------------------------------------------
-def precision_steps(steps: int, batch: int = 8) -> dict:
+def precision_steps(steps: int, batch: int = 8, num_frames: int = 16, size: int = 64) -> dict:
     # torch here, not at the top: Dask's worker processes re-import this script (their __main__), and a data
     # stage's worker never needs torch (1.3 s of start-up each), as with `vivit`
     import torch
@@ -370,13 +370,14 @@ def precision_steps(steps: int, batch: int = 8) -> dict:
     from model.views import ViewSpec
     from model.predict import preprocess
 
-    view = ViewSpec(num_frames=16, input="diff", test_views=2)
-    frames = torch.randint(0, 256, (batch, view.frames_per_view, 64, 64, 3), dtype=torch.uint8)
+    view = ViewSpec(num_frames=num_frames, input="diff", test_views=2)
+    frames = torch.randint(0, 256, (batch, view.frames_per_view, size, size, 3), dtype=torch.uint8)
     y = torch.arange(batch) % 2
     out: dict = {"cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(), "batch": batch}
     for name, overrides in (("default", {}), ("wide4x", {"dim": 512})):
         torch.manual_seed(0)
-        model = build_model(DEFAULT_PRESET, num_classes=2, num_frames=16, image_size=64, in_channels=view.channels,
+        model = build_model(DEFAULT_PRESET, num_classes=2, num_frames=num_frames, image_size=size,
+                            in_channels=view.channels,
                             **overrides).train()
         opt = make_optimizer(param_groups(model, 0.05), lr=1e-4)
 
@@ -450,6 +451,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ddp-clips", type=int, default=64)
     ap.add_argument("--ddp-epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=7, help="timed training steps per precision")
+    ap.add_argument("--precision-shape", default="8,16,64", metavar="B,T,S",
+                    help="the timed steps' batch, positions per view and frame size (a CPU without native bf16 "
+                         "emulates it: minutes per step of the 4x wide preset at the default shape)")
     ap.add_argument("--quality", type=Path, default=None, help="also train CONFIG's default recipe fp32 vs bf16")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "scale.json")
@@ -461,7 +465,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["frames"] = frames_stage(work, args.clips, args.width, args.height, args.duration, args.shard_size,
                                         args.frames_job, args.repeats)
         result["ddp"] = ddp(work, args.ddp_clips, args.ddp_epochs)
-        result["precision"] = precision_steps(args.steps)
+        b, t, s = (int(v) for v in args.precision_shape.split(","))
+        result["precision"] = precision_steps(args.steps, batch=b, num_frames=t, size=s)
         if args.quality:
             result["quality"] = quality(args.quality, args.seeds, work)
     result["load_end"] = _load()

@@ -115,7 +115,7 @@ def test_scale_script_measures_every_engine_and_ends_with_its_line(prefect_harne
     out = tmp_path / "scale.json"
     result = _script("scale").main(["--clips", "4", "--width", "64", "--height", "48", "--duration", "2",
                                     "--shard-size", "2", "--repeats", "1", "--ddp-clips", "8", "--ddp-epochs", "2",
-                                    "--steps", "1", "--json", str(out)])
+                                    "--steps", "1", "--precision-shape", "2,4,32", "--json", str(out)])
     f, d, p = result["frames"], result["ddp"], result["precision"]
     assert f["clips"] == 4 and f["same_fingerprint"] is True
     assert f["dask_speedup_2w"] == pytest.approx(f["dask_1w_seconds"] / f["dask_2w_seconds"])

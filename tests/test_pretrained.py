@@ -265,7 +265,8 @@ def test_fine_tunes_run_end_to_end_through_vivit_run(prefect_harness, demo_sourc
 
     clip = sorted((src / "videos").glob("*.mp4"))[0]
     capsys.readouterr()
-    assert main(["predict", "--config", str(config), "--set", "mlflow.model_name=videomae", "--top-k", "1",
+    # 1-epoch fine-tunes on a few synthetic clips need not beat their baseline: predict with the newest version
+    assert main(["predict", "--config", str(config), "--model", "models:/videomae@challenger", "--top-k", "1",
                  str(clip)]) == 0
     (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert "error" not in line and line["label"] in {"dribbling basketball", "dunking basketball"}
