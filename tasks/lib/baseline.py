@@ -16,7 +16,6 @@ scikit-learn fits it (already installed with MLflow); the served model never nee
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -118,17 +117,3 @@ def _fit_and_score(x: np.ndarray, info: DatasetInfo) -> Reference:
             pred = clf.predict(x[m])
             ref.scores[s] = {"accuracy": float((pred == y[m]).mean()), "f1": float(macro_f1(y[m], pred, k))}
     return ref
-
-
-def beats(model_score: float | None, ref: dict[str, Any] | None) -> tuple[bool, str]:
-    """Whether a model's validation score clears the reference's val macro F1, and the sentence that says so."""
-    ref_f1 = (ref or {}).get("baseline/val_f1")
-    if ref_f1 is None or model_score is None or not np.isfinite(model_score):
-        return True, "no baseline to compare with (no validation split)"
-    margin = model_score - ref_f1
-    if margin > 0:
-        return True, f"val score {model_score:.3f} beats the baseline's {ref_f1:.3f} by {margin:.3f}"
-    return False, (f"val score {model_score:.3f} is {-margin:.3f} below the baseline's {ref_f1:.3f} (logistic "
-                   "regression on mean frame + motion energy)" if margin < 0 else
-                   f"val score {model_score:.3f} only equals the baseline's {ref_f1:.3f} (logistic regression on "
-                   "mean frame + motion energy)")
