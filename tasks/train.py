@@ -288,7 +288,7 @@ def log_training(config: TrainStage, dataset_info: DatasetInfo, key: str, result
     """The final metrics (the baseline's and the margins over it included), the report and plots, and the packaged
     classifier, into the active run. Returns the metrics and the logged model's URI."""
     final = _final_metrics(result, started, reference)
-    tracking.log_metrics(final)
+    tracking.log_metrics({k: v for k, v in final.items() if k not in reference})  # fit-baseline logged those
     # the network actually trained (a pretrained start is the checkpoint's architecture, not the preset's)
     tracking.log_params({"model_params": sum(p.numel() for p in result.model.parameters())})
     _log_report(result, list(dataset_info.classes), config.data_dir / "runs" / key / "report")

@@ -51,7 +51,7 @@ def version_of_run(name: str, run_id: str) -> int | None:
     return max((int(v.version) for v in found), default=None)
 
 
-BASELINE_METRIC = "baseline/val_f1"  # the trivial reference's val macro F1 (model/baseline.py), logged by the train stage
+BASELINE_METRIC = "baseline/val_f1"  # the trivial reference's val macro F1 (tasks/lib/baseline.py), logged by the train stage
 
 
 def below_baseline(score: float, baseline: float | None) -> str:
