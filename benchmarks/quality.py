@@ -142,7 +142,7 @@ def train_rows(config: PipelineConfig, rows: dict[str, TrainOptions], seeds: lis
             r = fit(config.dataset_dir, opts.model_copy(update={"resume": False}), seed=seed,
                     work_dir=work / f"{row_key(name)}-{seed}")
             val, test = r.val_metrics or {}, r.test_metrics or {}
-            runs.append({"seed": seed, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
+            runs.append({"seed": seed, "input": r.view.input, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
                          "val_accuracy": val.get("accuracy"), "val_f1": val.get("f1"), "val_score": r.best_val_score,
                          "test_accuracy": test.get("accuracy"), "test_f1": test.get("f1"),
                          "test_f1_ci": test.get("f1_ci"), "seconds": round(time.time() - started, 1)})
@@ -169,13 +169,15 @@ def markdown(name: str, rows: dict[str, dict], ref: dict[str, float], seeds: lis
     def val(k: str) -> str:
         return f"{ref[k]:.3f}" if k in ref else "-"
 
-    lines = [f"### {name}", "", "| model | val accuracy | val macro F1 | test accuracy | test macro F1 | "
-             "worst-seed test F1 | time per seed |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"### {name}", "", "| model | input per seed | val accuracy | val macro F1 | test accuracy | "
+             "test macro F1 | worst-seed test F1 | time per seed |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row, r in rows.items():
         mark = " †" if r.get("reused_from") else ""
-        lines.append(f"| {row}{mark} | {ms(r, 'val_accuracy')} | {ms(r, 'val_f1')} | {ms(r, 'test_accuracy')} | "
-                     f"{ms(r, 'test_f1')} | {r.get('test_f1_min', float('nan')):.3f} | {r.get('seconds_mean', 0):.0f} s |")
-    lines.append(f"| reference: mean frame + motion energy (logistic regression, C={ref.get('baseline/C', 0):g}) | "
+        inputs = " ".join(str(run.get("input", "?")) for run in r.get("runs", []))
+        lines.append(f"| {row}{mark} | {inputs} | {ms(r, 'val_accuracy')} | {ms(r, 'val_f1')} | "
+                     f"{ms(r, 'test_accuracy')} | {ms(r, 'test_f1')} | {r.get('test_f1_min', float('nan')):.3f} | "
+                     f"{r.get('seconds_mean', 0):.0f} s |")
+    lines.append(f"| reference: mean frame + motion energy (logistic regression, C={ref.get('baseline/C', 0):g}) | - | "
                  f"{val('baseline/val_accuracy')} | {val('baseline/val_f1')} | {val('baseline/test_accuracy')} | "
                  f"{val('baseline/test_f1')} | - | - |")
     reused = sorted({r["reused_from"] for r in rows.values() if r.get("reused_from")})

@@ -2,9 +2,9 @@
 the Prefect parameter form) and what :func:`model.training.fit` takes. Defined once, here, because ``model/`` must
 stand alone (MLflow ships it as the logged model's code) while ``tasks/`` may import it.
 
-Defaults are the recipe measured on real clips (README, "Quality on real video"): the conv-stem factorised
-encoder on frame differences, random temporal views in training and two averaged views at evaluation, model
-selection on a smoothed validation score.
+Defaults are the recipe measured on real clips (docs/quality.md): the conv-stem factorised encoder, its input
+(frames or frame differences) chosen per run on the run's own validation split, random temporal views in training
+and two averaged views at evaluation, model selection on a smoothed validation score.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # not there, so that this module stays free of torch: the data stages and their Dask workers import the config
 # (tasks/lib/config.py -> TrainOptions) and never build a network; importing torch cost each worker 1.3 s.
 DEFAULT_PRESET = "vivit-fe-conv-tiny"
+
+# ``train.input: auto``'s candidates, in the order they train.
+AUTO_INPUTS = ("diff", "rgb")
 
 # Options that change how a run executes but not what it computes: they may differ when resuming, and they are not
 # part of the training key.
@@ -49,9 +52,15 @@ class TrainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model: str = Field(DEFAULT_PRESET, description="preset name (`vivit presets` lists them)")
-    input: Literal["rgb", "diff", "rgb_diff"] = Field(
-        "diff", description="network input per position: the frame, its difference to the next stored frame, or both"
+    # auto, not a constant: on validation, differences won on fixed surveillance cameras and frames on film footage
+    # (docs/quality.md), so the footage decides, through the run's own validation split.
+    input: Literal["auto", "rgb", "diff", "rgb_diff"] = Field(
+        "auto", description="network input per position: the frame, its difference to the next stored frame, both, "
+        "or auto (train rgb and diff for train.input_probe of the epochs, continue the one with the better smoothed "
+        "val macro F1)"
     )
+    input_probe: float = Field(0.2, gt=0, le=1, description="auto: the fraction of train.epochs both candidate "
+                               "inputs train before one is chosen")
     view_frames: int = Field(16, ge=1, description="positions per view (the network's T); <= frames.num_frames "
                              "(- diff_gap for diff)")
     diff_gap: int = Field(1, ge=1, le=8, description="stored frames between the two frames of a difference (diff inputs)")
@@ -118,8 +127,8 @@ class TrainOptions(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _pretrained_defaults_to_rgb(cls, data: Any) -> Any:
-        """Checkpoints were trained on RGB frames: with ``init`` and no explicit ``input``, the input is RGB."""
-        if isinstance(data, dict) and data.get("init") and "input" not in data:
+        """Checkpoints were trained on RGB frames: with ``init`` and no explicit input (or ``auto``), the input is RGB."""
+        if isinstance(data, dict) and data.get("init") and data.get("input", "auto") == "auto":
             return {**data, "input": "rgb"}
         return data
 
@@ -136,13 +145,26 @@ class TrainOptions(BaseModel):
         return self
 
     @property
+    def inputs(self) -> tuple[str, ...]:
+        """The inputs a run trains: ``auto``'s candidates, or the one asked for."""
+        return AUTO_INPUTS if self.input == "auto" else (self.input,)
+
+    @property
+    def probe_epochs(self) -> int:
+        """``auto``: epochs each candidate trains before the choice (a share of the schedule, so it scales with it)."""
+        return max(1, round(self.input_probe * self.epochs))
+
+    @property
     def view(self) -> ViewSpec:
+        """The view the network sees; for ``auto``, the differences' one, whose stored-frame needs are the
+        stricter of the two candidates' (the trained model carries its chosen view)."""
         from model.views import ViewSpec  # torch, like the presets
 
-        return ViewSpec(num_frames=self.view_frames, input=self.input, test_views=self.test_views,
-                        diff_gap=self.diff_gap)
+        return ViewSpec(num_frames=self.view_frames, input="diff" if self.input == "auto" else self.input,
+                        test_views=self.test_views, diff_gap=self.diff_gap)
 
     def determining(self) -> dict[str, Any]:
         """The options that decide what training computes (everything but :data:`EXECUTION_ONLY`; ``diff_gap`` only
-        where there are differences)."""
-        return self.model_dump(mode="json", exclude=set(EXECUTION_ONLY) | ({"diff_gap"} if self.input == "rgb" else set()))
+        where there are differences, ``input_probe`` only where there is a choice)."""
+        unused = ({"diff_gap"} if self.input == "rgb" else set()) | ({"input_probe"} if self.input != "auto" else set())
+        return self.model_dump(mode="json", exclude=set(EXECUTION_ONLY) | unused)

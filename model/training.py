@@ -35,6 +35,7 @@ imported here: the caller plugs one in through the callback.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -58,6 +59,7 @@ from model.checkpoint import (CHECKPOINT_VERSION, atomic_save, load_best, networ
 from model.evaluation import autocast, evaluate, predict_probabilities, prediction_table
 from model.metrics import classification_report, label_slug
 from model.optim import make_optimizer, param_groups, warmup_cosine
+from model.atomic import atomic_write_text
 from model.options import TrainOptions, stable_hash
 from model.precision import autocast_dtype
 from model.predict import SingleFrame, preprocess
@@ -87,12 +89,16 @@ class TrainResult:
     single_frame: bool = False
     resumed_from_epoch: int = 0
     notes: list[str] = field(default_factory=list)
+    # train.input auto: {"chosen", "probe_epochs", "candidates": {input: {"val_score", "val_loss", "epochs"}}}
+    input_choice: dict[str, Any] | None = None
 
 
 class TrainCallback(Protocol):
-    """Receives progress. Both methods are optional: :func:`fit` calls whichever the object has."""
+    """Receives progress. Every method is optional: :func:`fit` calls whichever the object has."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def on_probe_epoch(self, candidate: str, epoch: int, probe_epochs: int, metrics: dict[str, float]) -> None: ...
 
     def on_train_end(self, result: TrainResult) -> None: ...
 
@@ -430,9 +436,13 @@ def fit(dataset: Path | DatasetInfo, options: TrainOptions, *, seed: int = 0, wo
     if options.processes > 1 and not ddp.in_torchrun():
         return ddp.launch(_dataset_info(dataset).path, options, seed=seed, work_dir=work_dir, callback=callback)
     notes: list[str] = []
+    choice = None
+    if options.input == "auto":
+        options, work_dir, choice = _choose_input(dataset, options, seed, Path(work_dir), callback)
+        notes.append(_choice_note(choice))
     run = _setup(dataset, options, seed, Path(work_dir), notes)
     state = _restore(run)
-    resumed_from = state.epoch
+    resumed_from = state.epoch if choice is None or choice["resumed_from"] is None else choice["resumed_from"]
     if resumed_from:
         notes.append(f"resumed after epoch {resumed_from}")
     if not run.has_val:
@@ -448,9 +458,72 @@ def fit(dataset: Path | DatasetInfo, options: TrainOptions, *, seed: int = 0, wo
                      epoch, state.since_best)
     if run.ranks.active:
         return None
-    result = _final_evaluation(run, state, notes, resumed_from)
+    result = _final_evaluation(run, state, notes, resumed_from, choice)
     _call(callback, "on_train_end", result)
     return result
+
+
+# -- train.input: auto ---------------------------------------------------------------------------------------------
+CHOICE_FILE = "input.json"
+
+
+def _choose_input(dataset: Path | DatasetInfo, options: TrainOptions, seed: int, work_dir: Path,
+                  callback: Any) -> tuple[TrainOptions, Path, dict[str, Any]]:
+    """Train every candidate input for ``options.probe_epochs`` (each in ``work_dir/<input>``, resumable like any
+    run: a candidate is exactly the run that names its input), then keep the one with the better smoothed val
+    macro F1 (ties: lower val loss). Returns the chosen run's options and folder, to be continued from its probe.
+
+    Why a probe and not two whole runs: on the recorded curves the better input led from a fifth of the schedule on
+    (docs/quality.md), and training the loser to the end would double the cost. The decision is written to
+    ``input.json`` so that a resumed run, or the launcher of DDP ranks, continues the same candidate."""
+    info = _dataset_info(dataset)
+    key = training_fingerprint(options, seed, info)
+    saved = _saved_choice(work_dir, key) if options.resume else None
+    if saved is not None:
+        chosen = saved["chosen"]  # decided before an interruption: the chosen run resumes where it stopped
+        return options.model_copy(update={"input": chosen, "resume": True}), work_dir / chosen, {**saved, "resumed_from": None}
+    probe, candidates, restored = options.probe_epochs, {}, 0
+    main = True
+    for name in options.inputs:
+        run = _setup(info, options.model_copy(update={"input": name}), seed, work_dir / name, [])
+        main = run.ranks.main
+        state = _restore(run)
+        restored = max(restored, min(state.epoch, probe))
+        for epoch in range(state.epoch + 1, probe + 1):
+            if state.stopped_early:
+                break
+            metrics = _epoch(run, state, epoch)
+            if run.ranks.main:
+                _call(callback, "on_probe_epoch", name, epoch, probe, dict(metrics))
+        candidates[name] = {"val_score": float(state.best_score), "val_loss": float(state.best_loss),
+                            "epochs": int(state.epoch), "has_val": run.has_val}
+        del run, state
+    if not all(c["has_val"] for c in candidates.values()):
+        chosen, why = "rgb", "no validation split to choose on: rgb, the input that keeps appearance"
+    else:
+        chosen = max(options.inputs, key=lambda n: (candidates[n]["val_score"], -candidates[n]["val_loss"]))
+        why = "the better smoothed val macro F1"
+    choice = {"fingerprint": key, "chosen": chosen, "why": why, "probe_epochs": probe, "resumed_from": restored,
+              "candidates": candidates}
+    if main:
+        atomic_write_text(work_dir / CHOICE_FILE, json.dumps(choice, indent=1))
+    log.info("train.input auto: %s", _choice_note(choice))
+    return options.model_copy(update={"input": chosen, "resume": True}), work_dir / chosen, choice
+
+
+def _saved_choice(work_dir: Path, key: str) -> dict[str, Any] | None:
+    """The decision of an earlier (interrupted) run with the same options, seed and data."""
+    try:
+        saved = json.loads((Path(work_dir) / CHOICE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and saved.get("fingerprint") == key else None
+
+
+def _choice_note(choice: dict[str, Any]) -> str:
+    scores = ", ".join(f"{n} {c['val_score']:.3f}" for n, c in choice["candidates"].items())
+    return (f"train.input auto chose {choice['chosen']} after {choice['probe_epochs']} probe epochs "
+            f"({choice['why']}: {scores})")
 
 
 def collect(dataset: Path | DatasetInfo, options: TrainOptions, *, seed: int = 0, work_dir: Path,
@@ -459,17 +532,25 @@ def collect(dataset: Path | DatasetInfo, options: TrainOptions, *, seed: int = 0
     ``best.pt`` evaluated once, here."""
     notes: list[str] = []
     single = options.model_copy(update={"processes": 1, "resume": True})
+    choice = None
+    if single.input == "auto":  # the ranks chose; their decision is in input.json
+        choice = _saved_choice(Path(work_dir), training_fingerprint(single, seed, _dataset_info(dataset)))
+        if choice is None:
+            raise RuntimeError(f"{Path(work_dir) / CHOICE_FILE} holds no input choice of this run")
+        single, work_dir = single.model_copy(update={"input": choice["chosen"]}), Path(work_dir) / choice["chosen"]
+        notes.append(_choice_note(choice))
     run = _setup(dataset, single, seed, Path(work_dir), notes)
     state = _restore(run)
     if state.epoch == 0:
         raise RuntimeError(f"{run.last_path} holds no finished epoch of this run")
     notes.append(f"trained by {options.processes} DistributedDataParallel processes")
-    result = _final_evaluation(run, state, notes, 0)
+    result = _final_evaluation(run, state, notes, 0, choice)
     _call(callback, "on_train_end", result)
     return result
 
 
-def _final_evaluation(run: _Run, state: TrainState, notes: list[str], resumed_from: int) -> TrainResult:
+def _final_evaluation(run: _Run, state: TrainState, notes: list[str], resumed_from: int,
+                      choice: dict[str, Any] | None = None) -> TrainResult:
     """Load ``best.pt`` and evaluate it once on val and test."""
     best = torch.load(run.best_path, map_location="cpu", weights_only=True)
     run.network.load_state_dict(best["model"])
@@ -492,6 +573,7 @@ def _final_evaluation(run: _Run, state: TrainState, notes: list[str], resumed_fr
         val_metrics=val_metrics, test_metrics=test_metrics, stopped_early=bool(state.stopped_early),
         checkpoint_path=run.best_path, test_predictions=prediction_table(test_rows, probs, run.classes),
         single_frame=run.opts.single_frame, resumed_from_epoch=int(resumed_from), notes=notes,
+        input_choice=None if choice is None else {k: choice[k] for k in ("chosen", "probe_epochs", "candidates")},
     )
 
 

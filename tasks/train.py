@@ -97,7 +97,10 @@ def summary_message(config: TrainStage, res: dict[str, Any]) -> str:
     parts = [score("val_f1", "best_val_f1", "best_val_f1"), score("test_accuracy", "test_accuracy", "test_accuracy"),
              score("test_f1", "test_f1", "test_f1")]
     reg = res["registry"]
-    return (f"{'reused' if res['reused'] else 'trained'} {config.train.model}: " + ", ".join(p for p in parts if p)
+    shown_input = f" on {res['input']}" + (" (train.input auto)" if config.train.input == "auto" else "") \
+        if res.get("input") else ""
+    return (f"{'reused' if res['reused'] else 'trained'} {config.train.model}{shown_input}: "
+            + ", ".join(p for p in parts if p)
             + f"; {baseline_line(m)}; {reg['name']} v{reg['version']} aliases={reg['aliases']}"
             + (f" ({reg['reason']})" if reg.get("reason") else ""))
 
@@ -120,6 +123,10 @@ class _PrefectProgress:
         self.logger = get_run_logger()
         self.artifact = create_progress_artifact(0.0, key="train-progress", description="training epochs done")
 
+    def on_probe_epoch(self, candidate: str, epoch: int, probe_epochs: int, metrics: dict[str, float]) -> None:
+        shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_f1", "val_f1_smoothed") if k in metrics)
+        self.logger.info("input probe %s: epoch %d/%d %s", candidate, epoch, probe_epochs, shown)
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         update_progress_artifact(self.artifact, 100.0 * epoch / self.epochs)
         shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_f1") if k in metrics)
@@ -133,6 +140,11 @@ class _Callbacks:
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         for cb in self.cbs:
             cb.on_epoch_end(epoch, metrics)
+
+    def on_probe_epoch(self, *args: Any) -> None:
+        for cb in self.cbs:
+            if hasattr(cb, "on_probe_epoch"):
+                cb.on_probe_epoch(*args)
 
 
 def _per_class_rows(test_metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -174,7 +186,7 @@ def _log_inputs(config: TrainStage, dataset_info: DatasetInfo) -> None:
         "dataset_fingerprint": dataset_info.fingerprint,
         "classes": list(dataset_info.classes),
         "sampling": {"num_frames": dataset_info.num_frames, "size": size, "method": dataset_info.meta.get("sampling")},
-        "view": _view_dict(view),
+        "view": {**_view_dict(view), "input": config.train.input},  # auto: the chosen one is input_chosen
         "split_counts": dataset_info.split_counts,
     })
     tracking.log_config(config)
@@ -197,6 +209,8 @@ def _final_metrics(result: Any, started: float, reference: dict[str, float]) -> 
         for k in ("accuracy_ci", "f1_ci"):
             if report.get(k) is not None:
                 final[f"{prefix}_{k[:-3]}_ci_low"], final[f"{prefix}_{k[:-3]}_ci_high"] = report[k]
+    for name, cand in ((result.input_choice or {}).get("candidates") or {}).items():
+        final[f"input_auto/{name}_val_score"] = cand["val_score"]
     final["train_seconds"] = time.time() - started
     return final
 
@@ -290,7 +304,8 @@ def log_training(config: TrainStage, dataset_info: DatasetInfo, key: str, result
     final = _final_metrics(result, started, reference)
     tracking.log_metrics({k: v for k, v in final.items() if k not in reference})  # fit-baseline logged those
     # the network actually trained (a pretrained start is the checkpoint's architecture, not the preset's)
-    tracking.log_params({"model_params": sum(p.numel() for p in result.model.parameters())})
+    tracking.log_params({"model_params": sum(p.numel() for p in result.model.parameters()),
+                         "input_chosen": result.view.input})
     _log_report(result, list(dataset_info.classes), config.data_dir / "runs" / key / "report")
     return final, _package(result, config, dataset_info, key)
 
@@ -327,5 +342,6 @@ def training_summary(config: TrainStage, dataset_info: DatasetInfo, run_id: str,
         "model_uri": f"models:/{config.mlflow.model_name}@champion",
         "classes": classes,
         "epochs_run": len(result.history),
+        "input": result.view.input,
         "reused": False,
     }

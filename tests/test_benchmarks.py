@@ -45,7 +45,8 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
     tiny = result["sets"]["tiny"]
     rows = tiny["rows"]
     assert list(rows) == ["default", "single frame (RGB)", "frame-mlp (RGB)"]
-    assert rows["default"]["options"]["input"] == "diff" and rows["frame-mlp (RGB)"]["options"]["model"] == "frame-mlp"
+    assert rows["default"]["options"]["input"] == "auto" and rows["frame-mlp (RGB)"]["options"]["model"] == "frame-mlp"
+    assert rows["default"]["runs"][0]["input"] in ("diff", "rgb") and rows["frame-mlp (RGB)"]["runs"][0]["input"] == "rgb"
     for r in rows.values():
         assert len(r["runs"]) == 1 and 0.0 <= r["test_f1_mean"] <= 1.0 and r["test_f1_std"] == 0.0
     ref = tiny["reference"]
@@ -58,6 +59,7 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
     assert json.loads((out / "quality.json").read_text())["summary"] == printed[-1]
     assert "| reference: mean frame + motion energy (logistic regression" in (out / "quality.md").read_text()
     assert "### tiny" in (out / "quality.md").read_text()
+    assert f"| default | {rows['default']['runs'][0]['input']} |" in (out / "quality.md").read_text()
 
     # --rows retrains only the recipe's row; the comparison rows come from the run above, marked, unchanged
     again = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data",

@@ -14,7 +14,7 @@ from torch.utils.data import WeightedRandomSampler
 from model.data import balanced_class_weights, balanced_sample_weights
 from model.dataset import load_dataset
 from model.predict import SingleFrame, VideoClassifier, predict_proba
-from model.training import TrainOptions, TrainResult, fit, load_best
+from model.training import TrainOptions, TrainResult, fit, load_best, training_fingerprint
 from model.views import ViewSpec
 from tasks.lib.config import PipelineConfig
 from tests.support.tiny_dataset import noise_dataset, temporal_order_dataset
@@ -264,13 +264,13 @@ def test_three_classes_softmax_report_without_binary_extras(tmp_path):
 
 
 def test_default_recipe_learns_motion_from_frame_differences(tmp_path):
-    """The default preset and input (conv stem, frame differences, random temporal views, two test views) learn
-    the direction of motion, which no single frame shows."""
+    """The default preset on frame differences (one of auto's two candidates), random temporal views and two test
+    views learn the direction of motion, which no single frame shows."""
     root = temporal_order_dataset(tmp_path / "ds", per_class={"train": 32, "val": 24, "test": 8}, num_frames=10, size=32)
     defaults = TrainOptions()
     assert (defaults.model, defaults.input, defaults.diff_gap, defaults.selection) == (
-        "vivit-fe-conv-tiny", "diff", 1, "best_val")
-    result = fit(root, TrainOptions(view_frames=8, epochs=6, batch_size=16, lr=1e-3, warmup_epochs=1.0,
+        "vivit-fe-conv-tiny", "auto", 1, "best_val")
+    result = fit(root, TrainOptions(input="diff", view_frames=8, epochs=6, batch_size=16, lr=1e-3, warmup_epochs=1.0,
                                     augment=False, min_epochs=2, diff_gap=2), work_dir=tmp_path / "w")
     assert result.view == ViewSpec(num_frames=8, input="diff", test_views=2, diff_gap=2)
     assert result.best_epoch >= 2
@@ -308,3 +308,47 @@ def test_final_selection_keeps_the_last_epoch_and_scores_it_smoothed():
     assert all(s.observe(e, f1, 1.0, o) for e, f1 in [(1, 0.9), (2, 0.5), (3, 0.5), (4, 0.7)])
     assert s.best_epoch == 4 and s.best_val_f1 == 0.7 and not s.stopped_early  # no patience, no min_epochs
     assert s.best_score == pytest.approx(0.5 * (0.5 * (0.5 * 0.9 + 0.25) + 0.25) + 0.35)
+
+
+def test_auto_input_probes_both_inputs_and_keeps_the_one_validation_prefers(tmp_path):
+    """``train.input: auto`` (the default): where only brightness carries the class, frame differences (which
+    cancel it) cannot learn and RGB can; the probe must see that on validation and continue RGB. The decision is
+    recorded, the kept run is the plain RGB run continued, and a re-run resumes it without probing again."""
+    import json
+
+    root = noise_dataset(tmp_path / "ds", counts={"train": [24, 24], "val": [16, 16], "test": [8, 8]}, num_frames=5)
+    o = TrainOptions(view_frames=4, epochs=5, input_probe=0.4, batch_size=16, lr=2e-3, warmup_epochs=0.5,
+                     augment=False, patience=None)
+    assert o.input == "auto" and o.probe_epochs == 2 and o.inputs == ("diff", "rgb")
+    seen = []
+
+    class Probe:
+        def on_probe_epoch(self, candidate, epoch, probe_epochs, metrics):
+            seen.append((candidate, epoch, probe_epochs, "val_f1_smoothed" in metrics))
+
+    work = tmp_path / "w"
+    result = fit(root, o, work_dir=work, callback=Probe())
+    assert seen == [("diff", 1, 2, True), ("diff", 2, 2, True), ("rgb", 1, 2, True), ("rgb", 2, 2, True)]
+    choice = result.input_choice
+    assert choice["chosen"] == "rgb" and result.view.input == "rgb", choice
+    assert choice["candidates"]["rgb"]["val_score"] > choice["candidates"]["diff"]["val_score"] + 0.2, choice
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]  # the kept candidate's whole curve
+    assert result.val_metrics["f1"] >= 0.9 and not any("resumed" in n for n in result.notes)
+    assert any("auto chose rgb" in n for n in result.notes)
+    saved = json.loads((work / "input.json").read_text())
+    assert saved["chosen"] == "rgb" and saved["fingerprint"] == training_fingerprint(o, 0, load_dataset(root))
+    assert (work / "diff" / "last.pt").is_file() and (work / "rgb" / "best.pt").is_file()
+    # the candidate is exactly the plain rgb run: same training fingerprint, so its checkpoint is that run's
+    assert torch.load(work / "rgb" / "last.pt", weights_only=True)["fingerprint"] == training_fingerprint(
+        o.model_copy(update={"input": "rgb"}), 0, load_dataset(root))
+    seen.clear()
+    again = fit(root, o, work_dir=work, callback=Probe())
+    assert seen == [] and again.input_choice["chosen"] == "rgb" and again.resumed_from_epoch == 5
+    assert again.best_epoch == result.best_epoch
+
+
+def test_auto_input_follows_a_pretrained_start_to_rgb():
+    assert TrainOptions(init="some/checkpoint").input == "rgb"
+    assert TrainOptions(init="some/checkpoint", input="auto").input == "rgb"
+    assert "input_probe" not in TrainOptions(input="rgb").determining()
+    assert TrainOptions().determining()["input_probe"] == 0.2

@@ -71,17 +71,23 @@ class MlflowReporter:
         self.logged: set[int] = set()
         self._warn = warn or (lambda msg: print(f"vivit: {msg}", flush=True))
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], probe: bool = False) -> None:
         if self.broken:
             return
         clean = {metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
         try:
             mlflow.log_metrics(clean, step=int(epoch), run_id=self.run_id)
-            self.logged.add(int(epoch))
+            if not probe:
+                self.logged.add(int(epoch))
         except Exception as e:  # noqa: BLE001 - the tracking store is not the training
             self.broken = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
             self._warn(f"MLflow stopped answering at epoch {epoch} ({self.broken}); training goes on and keeps "
                        "its checkpoints; re-run the train stage once the store is back to register the model")
+
+    def on_probe_epoch(self, candidate: str, epoch: int, probe_epochs: int, metrics: dict[str, float]) -> None:
+        """train.input auto: each candidate's probe curve beside the kept run's (whose own epochs are backfilled)."""
+        keep = ("train_loss", "val_loss", "val_f1", "val_f1_smoothed")
+        self.on_epoch_end(epoch, {f"input_{candidate}/{k}": metrics[k] for k in keep if k in metrics}, probe=True)
 
     def backfill(self, history: list[dict[str, float]]) -> None:
         """The epochs this run did not see: those trained before a resume, or all of them for a training that
