@@ -261,7 +261,7 @@ def _main(args) -> int:
 
 
 def _ddp_spec(cfg, args) -> int:
-    """``vivit ddp-spec``: the spec and the commands of a multi-node training (README, "Training on several
+    """``vivit ddp-spec``: the spec and the commands of a multi-node training (docs/scaling.md, "Training on several
     processes", Multi-node)."""
     import shlex
 

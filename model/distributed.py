@@ -21,7 +21,7 @@ How it fits :func:`model.training.fit`:
 * Backend: gloo on CPU, nccl on CUDA (one GPU per rank, ``cuda:LOCAL_RANK``).
 * Multi-node: ``vivit ddp-spec`` writes the spec (:func:`write_spec`) into the run's work dir and prints
   :func:`multinode_command`, which every node runs; ``vivit train`` afterwards finds the finished ``last.pt`` there
-  and registers it (README, "Scaling out").
+  and registers it (docs/scaling.md, "Training on several processes").
 
 Imports neither Prefect nor MLflow: the launcher is plain ``subprocess`` (never a shell).
 """
@@ -180,7 +180,7 @@ def write_spec(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path) ->
     """What every rank reads (``python -m model.distributed SPEC``): the dataset, the options, the seed, where to
     checkpoint and where rank 0 reports its epochs. The ranks take their number from torchrun, not from
     ``options.processes``. Paths are absolute: on several nodes they must name the same shared filesystem
-    (README, "Storage contract")."""
+    (docs/scaling.md, "Storage contract")."""
     work_dir = Path(work_dir).resolve()
     spec, events = work_dir / SPEC_FILE, work_dir / EVENTS_FILE
     atomic_write_text(events, "")

@@ -1,7 +1,7 @@
 """Named model presets, resolvable from the ``train.model`` string of the config.
 
 Parameter counts and forward GFLOPs per clip (16x128x128, counted with ``torch.utils.flop_counter``, one
-multiply-add = 2 FLOPs) are in the README's model section; :func:`describe` computes them for any input size.
+multiply-add = 2 FLOPs) are in docs/training.md, "Models"; :func:`describe` computes them for any input size.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ PRESETS: dict[str, Config] = {
                                  depth=4, temporal_depth=2, heads=4, mlp_ratio=4.0, pool="mean", dropout=0.0,
                                  drop_path=0.1, head_dropout=0.1, motion_init=True),
     # Default: model 2 with a convolutional tubelet stem and 8x8 patches (an 8x8 grid at 64 px), trained on frame
-    # differences (train.input: diff). Measured on real clips (README, "Quality on real video"): the linear
+    # differences (train.input: diff). Measured on real clips (docs/quality.md, "History"): the linear
     # tubelet embedding of vivit-fe-tiny barely fitted ~100 training clips, this one learns them.
     "vivit-fe-conv-tiny": ViViTConfig(**_D, variant="factorised_encoder", tubelet_size=2, patch_size=8, dim=128,
                                       depth=4, temporal_depth=2, heads=4, mlp_ratio=4.0, pool="mean", dropout=0.0,

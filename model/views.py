@@ -14,7 +14,7 @@ The *input* is what the network sees at each position:
 * ``rgb``: the frame itself.
 * ``diff``: the difference between that stored frame and the one ``diff_gap`` frames later (TSN's RGB-diff). Static appearance (the
   scene, the camera, the resolution a clip came in) cancels and motion is left. On real surveillance clips split by
-  source video this generalised where RGB input memorised the scenes (README, "Quality on real video").
+  source video this generalised where RGB input memorised the scenes (docs/quality.md, "Which input").
 * ``rgb_diff``: both, stacked as 6 channels.
 
 Pair inputs take frames ``(p, p + g)`` for each position ``p`` of ``F - g`` candidates, ``g`` being ``diff_gap``

@@ -14,7 +14,7 @@ The tokeniser is either the paper's linear tubelet embedding or (``stem="conv"``
 the same output grid: stride-2 3x3x3 convolutions with BatchNorm and GELU until the tubelet's stride is reached, then
 a 1x1x1 projection to the width. Early convolutions give a transformer the locality prior it otherwise has to learn
 from data (Xiao et al. 2021, arXiv:2106.14881); trained from scratch on ~100 real clips the linear embedding
-barely fitted the training set, the conv stem did (README, "Quality on real video").
+barely fitted the training set, the conv stem did (docs/quality.md, "History").
 
 Tubelets can be initialised from a 2D (image) patch embedding with "central frame" initialisation
 (:func:`inflate_patch_embedding`), Sec. 3.4, so image-pretrained ViT patch weights can be loaded.

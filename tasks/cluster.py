@@ -11,7 +11,7 @@ reports, manifests and fingerprints do not depend on the engine.
 Workers report to the flow's Prefect API. A Dask worker that has no ``PREFECT_API_URL`` starts a temporary API
 server of its own (18.8 s for 6 tasks measured), and its task runs never show up in the flow's server: a
 ``LocalCluster`` started here gets the flow's API URL in its workers' environment; workers of an existing
-scheduler (``cluster.address``) must be started with it (README, "Scaling out"), and a stage refuses those that
+scheduler (``cluster.address``) must be started with it (docs/scaling.md), and a stage refuses those that
 were not (:func:`check_workers_report_here`).
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def connect(runner, cluster: ClusterConfig):
                         f"tcp://host:8786 ({e})") from None
     except OSError as e:
         raise ServiceUnavailable(f"the Dask scheduler at {cluster.address} (cluster.address) is not reachable ({e}): "
-                                 "start it (`dask scheduler`, README \"Scaling out\") or fix cluster.address") from None
+                                 "start it (`dask scheduler`, docs/scaling.md) or fix cluster.address") from None
 
 
 def _prefect_api_url() -> str | None:
@@ -79,7 +79,7 @@ def _prefect_api_url() -> str | None:
 
 
 def check_workers_report_here(client, api_url: str) -> None:
-    """Workers of an existing scheduler must be started with the flow's Prefect API (README "Scaling out"): one
+    """Workers of an existing scheduler must be started with the flow's Prefect API (docs/scaling.md): one
     without any would start a temporary Prefect server of its own for its task runs (6 tasks took 18.8 s), which
     this flow's UI never sees, so that is refused in one line. One with another URL may name the same server by
     another host name: a warning. Checked for the workers there when the stage starts."""
@@ -87,7 +87,7 @@ def check_workers_report_here(client, api_url: str) -> None:
     if missing:
         raise UserError(f"Dask worker(s) {', '.join(missing)} have no PREFECT_API_URL: each would start a temporary "
                         f"Prefect server of its own, and their task runs would not reach this flow's API; start the "
-                        f"workers with PREFECT_API_URL={api_url} (README \"Scaling out\")")
+                        f"workers with PREFECT_API_URL={api_url} (docs/scaling.md)")
     if other:
         get_run_logger().warning("Dask workers report to %s, this flow to %s: the same server under another name, "
                                  "or their task runs go elsewhere", ", ".join(other), api_url)

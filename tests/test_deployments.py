@@ -1,5 +1,5 @@
 """prefect.yaml for real: a Prefect server on loopback, a process work pool, `prefect deploy --all`, a
-deployment run with parameters, and a worker that executes it (the sequence the README documents)."""
+deployment run with parameters, and a worker that executes it (the sequence docs/deployments.md documents)."""
 from __future__ import annotations
 
 import json

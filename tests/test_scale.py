@@ -129,7 +129,7 @@ def threads_run(prefect_harness, demo_source, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_cluster(prefect_harness):
     """One LocalCluster of 2 single-threaded worker processes for this module (starting one costs seconds), its
-    workers started with the flow's Prefect API URL as the README tells users to start theirs."""
+    workers started with the flow's Prefect API URL as docs/scaling.md tells users to start theirs."""
     from distributed import Client, LocalCluster
 
     from tasks.cluster import flow_api_url

@@ -404,7 +404,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see README 'Config reference')"
+                msg = "unknown key (check the spelling; see docs/config.md)"
             lines.append(f"  {loc}: {msg}")
         where = f" in {path}" if path else ""
         if len(lines) == 1:  # the usual case: one line naming the key and the fix

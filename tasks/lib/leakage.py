@@ -39,7 +39,7 @@ HASH_FRAMES = 4  # stored frames hashed per clip, uniformly spaced
 HASH_GRID = 32  # the luma image the DCT sees
 HASH_BLOCK = 8  # the low-frequency DCT block kept: 8x8 = 64 bits a frame
 # Mean per-frame Hamming distance (bits of 64) at or below which two clips are near duplicates. Measured with
-# benchmarks/leakage.py on the three real sets (README "Leakage check"): ffmpeg copies re-encoded at crf 40, at half
+# benchmarks/leakage.py on the three real sets (docs/data.md): ffmpeg copies re-encoded at crf 40, at half
 # size or brighter stay within 4.5 bits, and 33 of 36 copies at 15 fps or with a 5 % centre crop within 10; every
 # clip's nearest clip in another split is at 15.5 or more (unrelated frames: about 32), except four surv_fight
 # clips of one fixed camera (3.5-7.5, real leaks). 10 keeps a margin of 5 bits to the nearest different clip, since

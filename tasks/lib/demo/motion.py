@@ -1,5 +1,5 @@
 """Motion: the per-instant state of player and ball (world pixels) and the following camera, one model per
-class. The classes differ in motion only (README, "Why the classes differ in motion only")."""
+class. The classes differ in motion only (docs/demo.md, "Why the classes differ in motion only")."""
 from __future__ import annotations
 
 import math
