@@ -17,7 +17,7 @@ from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
 from tasks.guards import check_space_for_training, check_tracking_store, check_training_device
 from tasks.train import (
-    DatasetMissingError, find_reusable_run, fit_baseline, log_training, read_dataset_info, register_model, run_tags,
+    I3D_INIT, DatasetMissingError, PretrainedUnavailable, WeightsIntegrityError, find_reusable_run, obtain_i3d_weights, fit_baseline, log_training, read_dataset_info, register_model, run_tags,
     summary_message,
     train_key, train_model, training_summary,
 )
@@ -49,6 +49,11 @@ def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
                         in_channels=view.channels)
         check_space_for_training(config, cost.get("params"))
         check_training_device(config)
+        if config.train.init == I3D_INIT:
+            try:
+                obtain_i3d_weights()
+            except (PretrainedUnavailable, WeightsIntegrityError) as e:
+                raise StageFailed(failed_summary("train", str(e))) from None
         try:
             res = _train_and_register(config, info, key)
         except Exception as e:  # noqa: BLE001 - two known outages get one line each; anything else is a bug

@@ -76,7 +76,13 @@ def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     cfg = dict(ckpt["model_config"])
-    network = ViViT(ViViTConfig(**cfg)) if "variant" in cfg else FrameMLP(FrameMLPConfig(**cfg))
+    if cfg.get("family") == "i3d-vivit":
+        from model.i3d_vivit import build_i3d_vivit
+
+        enc = {k: v for k, v in cfg["encoder"].items() if k not in ("num_classes", "in_channels")}
+        network = build_i3d_vivit(cfg["encoder"]["num_classes"], None, cfg["until"], **enc)
+    else:
+        network = ViViT(ViViTConfig(**cfg)) if "variant" in cfg else FrameMLP(FrameMLPConfig(**cfg))
     network.load_state_dict(ckpt["model"])
     model = SingleFrame(network) if ckpt.get("single_frame") else network
     meta = {k: ckpt.get(k) for k in ("classes", "num_frames", "image_size", "preset", "single_frame", "epoch", "val_f1")}

@@ -21,24 +21,27 @@ def autocast(device: torch.device, dtype: torch.dtype | None = None):
 
 
 def evaluate(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str],
-             view: ViewSpec, amp: torch.dtype | None = None) -> dict[str, Any]:
+             view: ViewSpec, amp: torch.dtype | None = None, probabilities=None) -> dict[str, Any]:
     """The classification report for every clip of ``loader`` (evaluation views averaged, no augmentation), with
     the plain (unweighted, unsmoothed) cross-entropy of the averaged probabilities as ``loss``."""
-    labels, probs, loss = predict_probabilities(forward, loader, device, classes, view, amp)
+    labels, probs, loss = predict_probabilities(forward, loader, device, classes, view, amp, probabilities)
     return classification_report(labels, probs, classes, loss=loss)
 
 
 
 @torch.inference_mode()
 def predict_probabilities(forward: nn.Module, loader: DataLoader, device: torch.device, classes: list[str], view: ViewSpec,
-             amp: torch.dtype | None = None):
-    """``(labels (N,), probabilities (N, K), mean cross-entropy or None)`` in the loader's order."""
+             amp: torch.dtype | None = None, probabilities=None):
+    """``(labels (N,), probabilities (N, K), mean cross-entropy or None)`` in the loader's order. ``probabilities``
+    replaces :func:`model.predict.view_probabilities` for loaders of something other than frames (cached stem maps:
+    :func:`model.i3d_vivit.map_view_probabilities`)."""
     forward.eval()
     probs, labels, loss_sum = [], [], 0.0
     for views, y in loader:  # views: (B, V, frames_per_view, S, S, 3) uint8
         y = y.to(device)
         with autocast(device, amp):
-            p = view_probabilities(forward, views.to(device, non_blocking=True), view).float()
+            views = views.to(device, non_blocking=True)
+            p = (view_probabilities(forward, views, view) if probabilities is None else probabilities(forward, views)).float()
         loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
         probs.append(p.cpu())
         labels.append(y.cpu())

