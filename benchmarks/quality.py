@@ -17,8 +17,13 @@ Nothing here chooses anything on the test split: it is reported. Writes ``benchm
 sets of the default's mean test macro F1; the smallest per-set margin of that mean over the reference's test macro
 F1; the worst single seed of any set).
 
+With ``--i3d``, per set also the Kinetics-400 I3D rows (issue 31): the same job with ``train.init:
+i3d-kinetics400`` in ``DATA_DIR-i3d`` (16 frames of 224 px), its stem + transformer over the seeds, and the **I3D
+linear probe** (a logistic regression on the frozen stem's pooled features, C chosen on validation), then the line
+``i3d_test_f1=X probe_test_f1=Y scratch_test_f1=Z`` per set and over the sets.
+
 Usage: ``python benchmarks/quality.py [--config FILE ...] [--seeds 0 1 2] [--set train.epochs=30 ...]
-[--skip-data] [--compare] [--rows default]`` (``--rows`` retrains only those rows and reuses the others from the
+[--skip-data] [--compare] [--i3d] [--rows default]`` (``--rows`` retrains only those rows and reuses the others from the
 last ``quality.json`` when their options, seeds and dataset are unchanged) (``make quality``).
 """
 from __future__ import annotations
@@ -41,6 +46,8 @@ from tasks.lib.config import ConfigError, PipelineConfig, load_config  # noqa: E
 
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 COMPARISONS = ("single", "frame-mlp")
+I3D_ROW, PROBE_ROW = "i3d (I3D stem + transformer, frozen stem)", "i3d-probe (I3D linear probe)"
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 def variants(train: TrainOptions, compare: bool = False) -> dict[str, TrainOptions]:
@@ -195,6 +202,52 @@ def summary_line(sets: dict[str, dict]) -> str:
             f"worst_seed_test_f1={worst:.3f}")
 
 
+def i3d_config(config_path: Path, overrides: list[str], data_dir: Path, size: int) -> PipelineConfig:
+    """The same job with ``train.init: i3d-kinetics400`` in its own data folder, its frames what the checkpoint saw
+    (16 frames; 224 x 224 unless ``size``), whatever the job sets for the default recipe's frames; the default's
+    dataset stays as it is."""
+    from model.i3d import INIT_ID, INPUT_FRAMES
+
+    return load_config(config_path, [*overrides, f"train.init={INIT_ID}", f"data_dir={data_dir}-i3d",
+                                     f"frames.num_frames={INPUT_FRAMES}", f"frames.size={size}",
+                                     f"train.view_frames={INPUT_FRAMES}", "train.input=rgb"])
+
+
+def i3d_probe(stem_cache: Path) -> dict:
+    """The anchor without any transformer: a logistic regression on the frozen stem's pooled 1024-d vector of each
+    clip (its first evaluation view, unmirrored, from the training's stem cache), standardised, C chosen on
+    validation; test only reports."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    from model.metrics import macro_f1
+
+    found = sorted(stem_cache.glob("*.pt"))
+    if len(found) != 1:
+        raise SystemExit(f"{stem_cache}: expected one stem cache of the I3D rows, found {len(found)}")
+    import torch
+
+    cache = torch.load(found[0], weights_only=True)
+    x = {s: cache[s]["pooled"][:, 0].double().numpy() for s in ("train", "val", "test")}
+    labels = {s: cache[s]["labels"].numpy() for s in ("train", "val", "test")}
+    k = int(max(max(v) for v in labels.values() if len(v))) + 1
+    scaler = StandardScaler().fit(x["train"])
+    x = {s: scaler.transform(v) for s, v in x.items()}
+    best = None
+    with threadpool_limits(1):
+        for c in C_GRID:
+            clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(x["train"], labels["train"])
+            f1 = macro_f1(labels["val"], clf.predict(x["val"]), k)
+            if best is None or f1 > best[0] + 1e-12:
+                best = (f1, c, clf)
+    f1, c, clf = best
+    pred = clf.predict(x["test"])
+    run = {"seed": 0, "C": c, "val_f1": f1, "val_accuracy": float((clf.predict(x["val"]) == labels["val"]).mean()),
+           "test_f1": macro_f1(labels["test"], pred, k), "test_accuracy": float((pred == labels["test"]).mean())}
+    return {"options": {"C_grid": list(C_GRID), "chosen_on": "val"}, "runs": [run], **summarise([run])}
+
+
 def measure_set(config_path: Path, args, work: Path) -> tuple[str, dict]:
     try:
         config = load_config(config_path, args.overrides)
@@ -217,8 +270,43 @@ def measure_set(config_path: Path, args, work: Path) -> tuple[str, dict]:
     todo = {n: o for n, o in every.items() if n not in reused}
     trained = train_rows(config, todo, args.seeds, work / name, args.out / f"quality.{name}.partial.json")
     rows = {n: trained.get(n) or reused[n] for n in every}
+    if args.i3d:
+        rows.update(measure_i3d(config_path, config, args, work, name))
     return name, {"config": str(config_path), "dataset": str(config.dataset_dir), "dataset_fingerprint": fingerprint,
                   "seeds": args.seeds, "data_seconds": round(data_seconds, 1), "rows": rows, "reference": ref}
+
+
+def measure_i3d(config_path: Path, config: PipelineConfig, args, work: Path, name: str) -> dict[str, dict]:
+    """The I3D rows of one set: the stem + transformer over the seeds (the first seed's time includes computing the
+    stem maps once; later seeds reuse them), and the linear probe on the same cached stem. Reused from the last
+    ``quality.json`` unless ``i3d`` is in ``--rows`` (or ``--rows`` is not given)."""
+    from model.dataset import load_dataset
+
+    cfg = i3d_config(config_path, args.overrides, config.data_dir, args.i3d_size)
+    started = time.time()
+    if not args.skip_data:
+        run_data_stages(cfg)
+    fingerprint = load_dataset(cfg.dataset_dir).fingerprint
+    if args.rows is not None and "i3d" not in args.rows:
+        old = json.loads((args.out / "quality.json").read_text()).get("sets", {}).get(name, {}).get("rows", {})
+        if old.get(I3D_ROW, {}).get("dataset_fingerprint") != fingerprint or old[I3D_ROW].get("seeds") != args.seeds:
+            raise SystemExit(f"no reusable I3D rows of {name} for this dataset and these seeds: add i3d to --rows")
+        return {n: {**old[n], "reused_from": "quality.json"} for n in (I3D_ROW, PROBE_ROW)}
+    trained = train_rows(cfg, {I3D_ROW: cfg.train}, args.seeds, work / f"{name}-i3d")
+    probe = i3d_probe(work / f"{name}-i3d" / "stem-cache")
+    extra = {"dataset_fingerprint": fingerprint, "seeds": args.seeds, "data_seconds": round(time.time() - started, 1)}
+    return {I3D_ROW: {**trained[I3D_ROW], **extra}, PROBE_ROW: {**probe, **extra}}
+
+
+def i3d_line(sets: dict[str, dict]) -> str | None:
+    """``i3d_test_f1=X probe_test_f1=Y scratch_test_f1=Z`` (means over the sets with I3D rows; issue 31)."""
+    have = {n: s["rows"] for n, s in sets.items() if I3D_ROW in s["rows"]}
+    if not have:
+        return None
+    line = lambda f: " ".join(f"{k}_test_f1={f(row):.3f}" for k, row in  # noqa: E731
+                              (("i3d", I3D_ROW), ("probe", PROBE_ROW), ("scratch", "default")))
+    per_set = [f"{n}: " + line(lambda row, r=r: r[row]["test_f1_mean"]) for n, r in have.items()]
+    return "\n".join([*per_set, line(lambda row: np.mean([r[row]["test_f1_mean"] for r in have.values()]))])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -230,7 +318,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-data", action="store_true", help="use the stored datasets as they are")
     ap.add_argument("--compare", action="store_true", help="also the single-frame and frame-mlp rows")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
-    ap.add_argument("--rows", nargs="+", choices=["default", *COMPARISONS], default=None,
+    ap.add_argument("--i3d", action="store_true", help="also the I3D rows (train.init i3d-kinetics400 on 16 frames of "
+                    "224 px in DATA_DIR-i3d, and the I3D linear probe)")
+    ap.add_argument("--i3d-size", type=int, default=224, help="frames.size of the I3D rows (224: the checkpoint's)")
+    ap.add_argument("--rows", nargs="+", choices=["default", *COMPARISONS, "i3d"], default=None,
                     help="train only these rows; the others are reused from --out's quality.json when their options, "
                          "seeds and data are the same (else an error)")
     args = ap.parse_args(argv)
@@ -246,11 +337,14 @@ def main(argv: list[str] | None = None) -> dict:
             sets[name] = result
     last = summary_line(sets)
     tables = "\n".join(markdown(n, s["rows"], s["reference"], args.seeds) for n, s in sets.items())
-    result = {"overrides": args.overrides, "seeds": args.seeds, "sets": sets, "summary": last}
+    i3d = i3d_line(sets)
+    result = {"overrides": args.overrides, "seeds": args.seeds, "sets": sets, "summary": last, "i3d_summary": i3d}
     (args.out / "quality.json").write_text(json.dumps(result, indent=2))
-    (args.out / "quality.md").write_text(tables + "\n" + last + "\n")
+    (args.out / "quality.md").write_text(tables + "\n" + (f"{i3d}\n" if i3d else "") + last + "\n")
     print()
     print(tables)
+    if i3d:
+        print(i3d)
     print(last)
     return result
 

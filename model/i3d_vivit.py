@@ -116,6 +116,12 @@ class I3DViViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.stem_maps(x))
 
+    @torch.no_grad()
+    def stem_maps_and_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`stem_maps` and the stem's pooled 1024-d vector (the linear probe's input) from one pass."""
+        maps, pooled = self.stem.features_and_pooled(x.transpose(1, 2), self.until)
+        return F.adaptive_avg_pool3d(maps, self.encoder.grid), pooled
+
 
 def build_i3d_vivit(num_classes: int, stem_state: dict[str, torch.Tensor] | None, until: str = "Mixed_4f",
                     **encoder: object) -> I3DViViT:
@@ -163,18 +169,20 @@ class MapsDataset(torch.utils.data.Dataset):
 
 
 @torch.inference_mode()
-def compute_maps(network: I3DViViT, clips: "list[np.ndarray]", *, mirrored: bool, prepare, device: torch.device,
-                 progress=None) -> torch.Tensor:
-    """Stem maps of every clip's views, ``(N, V or 2V, C, T', H', W')`` fp16. ``clips``: per clip its evaluation
+def compute_maps(network: I3DViViT, clips, *, mirrored: bool, prepare, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every clip's views through the stem: ``maps`` ``(N, V or 2V, C, T', H', W')`` fp16 and ``pooled``
+    ``(N, V or 2V, 1024)`` (the stem's own pooled vector, for a linear probe). ``clips``: per clip its evaluation
     views as uint8 ``(V, P, S, S, 3)``; ``prepare``: the network input of one view batch (the run's preprocess).
     ``mirrored`` adds each view flipped left-right after the plain ones."""
     network.eval()
-    out = []
-    for i, views in enumerate(clips):
+    maps, pooled = [], []
+    for views in clips:
         x = prepare(torch.from_numpy(np.ascontiguousarray(views)))  # (V, T, 3, S, S)
         if mirrored:
             x = torch.cat([x, x.flip(-1)])
-        out.append(network.stem_maps(x.to(device)).half().cpu())
-        if progress is not None:
-            progress(i + 1, len(clips))
-    return torch.stack(out)
+        m, p = network.stem_maps_and_pooled(x.to(device))
+        maps.append(m.half().cpu())
+        pooled.append(p.float().cpu())
+    if not maps:  # an empty split
+        return {"maps": torch.zeros(0, dtype=torch.float16), "pooled": torch.zeros(0)}
+    return {"maps": torch.stack(maps), "pooled": torch.stack(pooled)}

@@ -99,8 +99,9 @@ class TrainOptions(BaseModel):
     resume: bool = Field(True, description="continue from the last checkpoint of an identical interrupted run")
     single_frame: bool = Field(False, description="ablation: feed only the middle position of each view")
     init: str | None = Field(None, description="pretrained start: a checkpoint folder or a Hugging Face hub id "
-                             "(VideoMAE, ViViT -> joint model, image ViT -> factorised encoder); frames, size and mean/std "
-                             "follow it; null: from scratch")
+                             "(VideoMAE, ViViT -> joint model, image ViT -> factorised encoder), or i3d-kinetics400 "
+                             "(Kinetics I3D from the package registry, frozen, under a new encoder); frames, size and "
+                             "mean/std follow it; null: from scratch")
     init_inflation: Literal["central", "filter"] = Field(
         "central", description="image ViT patch embedding into tubelets: central frame or filter (averaged) inflation")
     freeze: Literal["none", "backbone"] | int = Field(

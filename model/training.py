@@ -304,8 +304,8 @@ def _setup(dataset: Path | DatasetInfo, opts: TrainOptions, seed: int, work_dir:
         if ranks.active or opts.single_frame:
             raise ValueError("a frozen-stem start (train.init i3d-kinetics400) trains on one process without "
                              "train.single_frame: its encoder costs seconds per epoch")
-        train_ds, eval_loaders, hooks = _stem_cache(network, info, opts, view, seed, device, work_dir, dataset,
-                                                    loader_kw, notes)
+        train_ds, eval_loaders, hooks = _stem_cache(network, info, opts, view, seed, device, work_dir,
+                                                    loader_kw["batch_size"], notes)
         trained = network.encoder
     forward = torch.compile(trained) if opts.compile else trained
     amp = autocast_dtype(opts.precision, device)
@@ -318,7 +318,7 @@ def _setup(dataset: Path | DatasetInfo, opts: TrainOptions, seed: int, work_dir:
 
 
 def _stem_cache(network: nn.Module, info: DatasetInfo, opts: TrainOptions, view: ViewSpec, seed: int,
-                device: torch.device, work_dir: Path, dataset: Any, loader_kw: dict[str, Any],
+                device: torch.device, work_dir: Path, batch_size: int,
                 notes: list[str]) -> tuple[Any, dict[str, DataLoader], dict[str, Any]]:
     """Every clip's evaluation views through the frozen stem once (training clips mirrored too), cached beside the
     run folders (``../stem-cache``, shared by seeds and by runs that differ only in the encoder's options), then
@@ -327,7 +327,8 @@ def _stem_cache(network: nn.Module, info: DatasetInfo, opts: TrainOptions, view:
 
     distinct = {tuple(view_indices(info.num_frames, view, view=v)) for v in range(view.test_views)}
     cache_view = view if len(distinct) > 1 else replace(view, test_views=1)
-    key = stable_hash({"dataset": info.fingerprint or training_fingerprint(opts, seed, info), "init": opts.init,
+    data = info.fingerprint or stable_hash(info.manifest[["clip_id", "label_index", "split", "frames_path"]].to_json())
+    key = stable_hash({"dataset": data, "init": opts.init,
                        "view": repr(cache_view), "size": info.image_size, "until": network.until,
                        "grid": network.encoder.grid, "version": CHECKPOINT_VERSION})
     path = work_dir.parent / "stem-cache" / f"{key}.pt"
@@ -343,17 +344,19 @@ def _stem_cache(network: nn.Module, info: DatasetInfo, opts: TrainOptions, view:
         for split in ("train", "val", "test"):
             rows = info.split(split)
             clips = ClipDataset(info.path, rows, num_frames=info.num_frames, image_size=info.image_size, view=cache_view)
-            cached[split] = compute_maps(network, (clips[i][0].numpy() for i in range(len(clips))),
-                                         mirrored=split == "train", prepare=prepare, device=device)
+            cached[split] = {**compute_maps(network, (clips[i][0].numpy() for i in range(len(clips))),
+                                            mirrored=split == "train", prepare=prepare, device=device),
+                             "labels": torch.as_tensor(clips.labels)}
             log.info("stem maps of %d %s clips after %.0f s", len(rows), split, time.perf_counter() - started)
         atomic_save(cached, path)
         notes.append(f"stem maps computed once in {time.perf_counter() - started:.0f} s ({path.name})")
     else:
         notes.append(f"stem maps reused from {path}")
     labels = {s: np.asarray(info.split(s)["label_index"], dtype=np.int64) for s in ("train", "val", "test")}
-    train_ds = MapsDataset(cached["train"], labels["train"], training=True, views=cache_view.test_views, seed=seed)
-    evals = {s: DataLoader(MapsDataset(cached[s], labels[s], training=False, views=cache_view.test_views),
-                           shuffle=False, batch_size=loader_kw["batch_size"]) for s in ("val", "test")}
+    train_ds = MapsDataset(cached["train"]["maps"], labels["train"], training=True, views=cache_view.test_views,
+                           seed=seed)
+    evals = {s: DataLoader(MapsDataset(cached[s]["maps"], labels[s], training=False, views=cache_view.test_views),
+                           shuffle=False, batch_size=batch_size) for s in ("val", "test")}
     return train_ds, evals, {"prepare": lambda x: x.float(), "probabilities": map_view_probabilities}
 
 

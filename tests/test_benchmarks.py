@@ -82,6 +82,45 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
                                  "--rows", "default", "--set", "train.lr=0.002"])
 
 
+
+def test_quality_script_adds_the_i3d_rows_on_their_own_frames(prefect_harness, tmp_path, monkeypatch, capsys):
+    """``--i3d``: the same job with train.init i3d-kinetics400 (a random stem here: the real one is test_i3d's) in
+    DATA_DIR-i3d at 16 frames, the stem + transformer over the seeds and the linear probe on its stem cache, and the
+    issue's line ``i3d_test_f1=... probe_test_f1=... scratch_test_f1=...`` per set, then the mean."""
+    import torch
+    import yaml
+
+    from model.i3d import CONVERTED_NAME, I3D
+    from tasks.lib.demo import generate_demo_dataset
+
+    monkeypatch.setenv("VIVIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "i3d").mkdir(parents=True)
+    torch.save(I3D().state_dict(), tmp_path / "cache" / "i3d" / CONVERTED_NAME)
+    src = tmp_path / "src"
+    csv = generate_demo_dataset(src, n_dribbling=6, n_dunking=6, seed=2, width=96, height=72, duration=4.0,
+                                clip_len=3.0)
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "tiny"), "annotations": [str(csv)],
+        "url_template": f"file://{src}/videos/{{youtube_id}}.mp4", "frames": {"num_frames": 10, "size": 32},
+        "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
+        "train": {"view_frames": 8, "epochs": 1, "batch_size": 4, "input": "diff"},
+    }))
+    out = tmp_path / "out"
+    result = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--i3d",
+                                      "--i3d-size", "32"])
+    rows = result["sets"]["tiny"]["rows"]
+    q = _script("quality")
+    i3d, probe = rows[q.I3D_ROW], rows[q.PROBE_ROW]
+    assert i3d["options"]["init"] == "i3d-kinetics400" and i3d["runs"][0]["input"] == "rgb"
+    assert 0.0 <= i3d["test_f1_mean"] <= 1.0 and probe["runs"][0]["C"] in q.C_GRID
+    assert (tmp_path / "tiny-i3d" / "dataset" / "manifest.parquet").is_file()  # its own frames, beside the default's
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2] == result["i3d_summary"].splitlines()[-1]
+    assert printed[-2] == (f"i3d_test_f1={i3d['test_f1_mean']:.3f} probe_test_f1={probe['test_f1_mean']:.3f} "
+                           f"scratch_test_f1={rows['default']['test_f1_mean']:.3f}")
+    assert result["i3d_summary"].splitlines()[0].startswith("tiny: i3d_test_f1=")
+
 def test_quality_script_finds_every_shared_set(tmp_path):
     """Each folder with annotations.csv is a set: its configs/<name>.yaml when the project has one, else a config
     made from the folder (file:// URLs to its videos, the CSV's classes, the official split)."""
