@@ -346,7 +346,7 @@ def _stem_cache(network: nn.Module, info: DatasetInfo, opts: TrainOptions, view:
             clips = ClipDataset(info.path, rows, num_frames=info.num_frames, image_size=info.image_size, view=cache_view)
             cached[split] = {**compute_maps(network, (clips[i][0].numpy() for i in range(len(clips))),
                                             mirrored=split == "train", prepare=prepare, device=device),
-                             "labels": torch.as_tensor(clips.labels)}
+                             "labels": torch.tensor(np.array(clips.labels))}
             log.info("stem maps of %d %s clips after %.0f s", len(rows), split, time.perf_counter() - started)
         atomic_save(cached, path)
         notes.append(f"stem maps computed once in {time.perf_counter() - started:.0f} s ({path.name})")
