@@ -13,7 +13,7 @@ def test_defaults_match_the_issue():
     assert cfg.url_template == "https://www.youtube.com/watch?v={youtube_id}"
     assert cfg.download.max_height == 360 and cfg.download.allow_file_urls is False
     assert cfg.frames.num_frames == 32 and cfg.frames.size == 64  # stored frames; a view takes 16 of them
-    assert (cfg.train.model, cfg.train.input, cfg.train.view_frames) == ("vivit-fe-conv-tiny", "diff", 16)
+    assert (cfg.train.model, cfg.train.input, cfg.train.view_frames) == ("vivit-fe-conv-tiny", "auto", 16)
     assert (cfg.frames.split.train, cfg.frames.split.val, cfg.frames.split.test) == (0.7, 0.15, 0.15)
     assert cfg.annotations == [KINETICS_ANNOTATIONS["k400:train"], KINETICS_ANNOTATIONS["k400:val"]]
     assert cfg.raw_dir == Path("data/raw") and cfg.dataset_dir == Path("data/dataset")

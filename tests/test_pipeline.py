@@ -58,7 +58,10 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     train = first[-1]["result"]
     client = MlflowClient(cfg.mlflow.tracking_uri)
     run = client.get_run(train["run_id"])
-    assert run.data.params["preset"] == "vivit-fe-conv-tiny" and run.data.params["view.input"] == "diff"
+    assert run.data.params["preset"] == "vivit-fe-conv-tiny" and run.data.params["view.input"] == "auto"
+    # train.input auto: the input chosen on validation, and both candidates' probe scores
+    assert run.data.params["input_chosen"] in ("diff", "rgb")
+    assert {"input_auto/diff_val_score", "input_auto/rgb_val_score"} <= set(run.data.metrics)
     assert run.data.params["dataset_fingerprint"] and run.data.params["train.lr"] == "0.0005"
     # params are what determines the model; the whole config is an artifact
     assert not [k for k in run.data.params if k.startswith(("download.", "mlflow.", "config.", "train.device"))]
