@@ -90,7 +90,7 @@ def test_presets_are_priced_on_the_configs_own_clips(capsys):
 
     assert main(["presets"]) == EXIT_OK
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("forward GFLOPs per view: 16 positions at 64x64, input diff")
+    assert lines[0].startswith("forward GFLOPs per view: 16 positions at 64x64, input auto")
     assert len(lines) == 1 + len(PRESETS)
     default = next(line for line in lines if line.startswith(DEFAULT_PRESET + " "))
     assert default.endswith("<- train.model")
