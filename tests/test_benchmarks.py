@@ -20,11 +20,8 @@ def _script(name: str):
     return module
 
 
-@pytest.mark.slow
-def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefect_harness, tmp_path, capsys):
-    """The real-data benchmark on a tiny Kinetics-format job (generated clips served as file:// URLs): download,
-    filter, frames through Prefect, then the default recipe, single frame, frame-mlp and the reference every
-    training logs, per set, and the summary line over the sets."""
+def _tiny_job(tmp_path: Path, train: dict) -> Path:
+    """A Kinetics-format job of 12 generated clips served as file:// URLs, frames and training kept tiny."""
     import yaml
 
     from tasks.lib.demo import generate_demo_dataset
@@ -37,8 +34,17 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
         "data_dir": str(tmp_path / "tiny"), "annotations": [str(csv)],
         "url_template": f"file://{src}/videos/{{youtube_id}}.mp4", "frames": {"num_frames": 10, "size": 32},
         "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
-        "train": {"view_frames": 8, "epochs": 1, "batch_size": 4, "min_epochs": 0},
+        "train": {"view_frames": 8, "epochs": 1, "batch_size": 4, **train},
     }))
+    return cfg
+
+
+@pytest.mark.slow
+def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefect_harness, tmp_path, capsys):
+    """The real-data benchmark on a tiny Kinetics-format job (generated clips served as file:// URLs): download,
+    filter, frames through Prefect, then the default recipe, single frame, frame-mlp and the reference every
+    training logs, per set, and the summary line over the sets."""
+    cfg = _tiny_job(tmp_path, {"min_epochs": 0})
     out = tmp_path / "out"
     result = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--compare"])
     assert list(result["sets"]) == ["tiny"]
@@ -83,29 +89,15 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
 
 
 
+@pytest.mark.slow
 def test_quality_script_adds_the_i3d_rows_on_their_own_frames(prefect_harness, tmp_path, monkeypatch, capsys):
     """``--i3d``: the same job with train.init i3d-kinetics400 (a random stem here: the real one is test_i3d's) in
     DATA_DIR-i3d at 16 frames, the stem + transformer over the seeds and the linear probe on its stem cache, and the
     issue's line ``i3d_test_f1=... probe_test_f1=... scratch_test_f1=...`` per set, then the mean."""
-    import torch
-    import yaml
+    from tests.support.i3d import random_i3d_cache
 
-    from model.i3d import CONVERTED_NAME, I3D
-    from tasks.lib.demo import generate_demo_dataset
-
-    monkeypatch.setenv("VIVIT_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "cache" / "i3d").mkdir(parents=True)
-    torch.save(I3D().state_dict(), tmp_path / "cache" / "i3d" / CONVERTED_NAME)
-    src = tmp_path / "src"
-    csv = generate_demo_dataset(src, n_dribbling=6, n_dunking=6, seed=2, width=96, height=72, duration=4.0,
-                                clip_len=3.0)
-    cfg = tmp_path / "job.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "tiny"), "annotations": [str(csv)],
-        "url_template": f"file://{src}/videos/{{youtube_id}}.mp4", "frames": {"num_frames": 10, "size": 32},
-        "download": {"allow_file_urls": True, "workers": 2, "retries": 0},
-        "train": {"view_frames": 8, "epochs": 1, "batch_size": 4, "input": "diff"},
-    }))
+    random_i3d_cache(tmp_path / "cache", monkeypatch)
+    cfg = _tiny_job(tmp_path, {"input": "diff"})
     out = tmp_path / "out"
     result = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--i3d",
                                       "--i3d-size", "32"])

@@ -11,22 +11,18 @@ from model.checkpoint import load_best
 from model.data import ClipDataset
 from model.dataset import load_dataset
 from model.evaluation import predict_probabilities
-from model.i3d import CONVERTED_NAME, I3D, INIT_ID
+from model.i3d import INIT_ID
 from model.i3d_vivit import I3DViViT, TokenEncoder, TokenEncoderConfig, build_i3d_vivit
 from model.options import TrainOptions
 from model.pretrained import PretrainedError, checkpoint_input
 from model.training import fit
+from tests.support.i3d import random_i3d_cache
 from tests.support.tiny_dataset import noise_dataset
 
 
 @pytest.fixture
 def i3d_cache(tmp_path, monkeypatch):
-    """A converted-weights cache holding a random I3D (the real one is tests/test_i3d.py's business)."""
-    monkeypatch.setenv("VIVIT_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    (tmp_path / "cache" / "i3d").mkdir(parents=True)
-    torch.save(I3D().state_dict(), tmp_path / "cache" / "i3d" / CONVERTED_NAME)
-    return tmp_path / "cache"
+    return random_i3d_cache(tmp_path / "cache", monkeypatch)
 
 
 def test_encoder_shapes_and_the_stem_stays_frozen():
