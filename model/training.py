@@ -492,6 +492,7 @@ def fit(dataset: Path | DatasetInfo, options: TrainOptions, *, seed: int = 0, wo
     notes: list[str] = []
     choice = None
     if options.input == "auto":
+        dataset = _dataset_info(dataset)  # read once for the candidates and the kept run
         options, work_dir, choice = _choose_input(dataset, options, seed, Path(work_dir), callback)
         notes.append(_choice_note(choice))
     run = _setup(dataset, options, seed, Path(work_dir), notes)
