@@ -18,9 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 if TYPE_CHECKING:
     from model.views import ViewSpec
 
-# The preset a run trains when the config names none (the catalogue of presets is model/presets.py). Defined here,
-# not there, so that this module stays free of torch: the data stages and their Dask workers import the config
-# (tasks/lib/config.py -> TrainOptions) and never build a network; importing torch cost each worker 1.3 s.
+# The presets' names and the one a run trains when the config names none (their networks: model/presets.py, which
+# checks it builds exactly these). Here, not there, so that validating a config needs no torch: the data stages and
+# their Dask workers import the config (tasks/lib/config.py -> TrainOptions) and never build a network; importing
+# torch cost each worker 1.3 s.
+PRESET_NAMES = ("frame-mlp", "vivit-fe-tiny", "vivit-fe-conv-tiny", "vivit-fe-small", "vivit-joint-tiny",
+                "vivit-fsa-tiny")
 DEFAULT_PRESET = "vivit-fe-conv-tiny"
 
 # ``train.input: auto``'s candidates, in the order they train.
@@ -117,12 +120,10 @@ class TrainOptions(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_preset(cls, v: str) -> str:
-        from model.presets import PRESETS  # torch: only where a train config is validated
-
-        if v not in PRESETS:
-            close = difflib.get_close_matches(v, list(PRESETS), n=3, cutoff=0.3)
+        if v not in PRESET_NAMES:
+            close = difflib.get_close_matches(v, list(PRESET_NAMES), n=3, cutoff=0.3)
             hint = f"did you mean {close}? " if close else ""
-            raise ValueError(f"unknown preset {v!r}: {hint}presets are {sorted(PRESETS)} (vivit presets lists them)")
+            raise ValueError(f"unknown preset {v!r}: {hint}presets are {sorted(PRESET_NAMES)} (vivit presets lists them)")
         return v
 
     @model_validator(mode="before")

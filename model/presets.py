@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from model.frame_mlp import FrameMLP, FrameMLPConfig
-from model.options import DEFAULT_PRESET  # noqa: F401 - the default preset's name, importable from here too
+from model.options import DEFAULT_PRESET, PRESET_NAMES  # noqa: F401 - DEFAULT_PRESET importable from here too
 from model.vivit import ViViT, ViViTConfig
 
 Config = Union[ViViTConfig, FrameMLPConfig]
@@ -48,7 +48,7 @@ PRESETS: dict[str, Config] = {
                                   head_dropout=0.1),
 }
 
-assert DEFAULT_PRESET in PRESETS
+assert tuple(PRESETS) == PRESET_NAMES, "model/options.py PRESET_NAMES names the presets, in this order"
 
 
 def get_config(name: str, *, num_classes: int, num_frames: int, image_size: int, **overrides) -> Config:
