@@ -3,11 +3,13 @@
 How it fits :func:`model.training.fit`:
 
 * ``fit`` with ``processes > 1``, called outside torchrun, :func:`launch`\\ es ``torchrun --standalone
-  --nproc_per_node N -m model.distributed SPEC`` and waits. Each rank runs ``fit`` again (inside torchrun it
+  --nproc_per_node N -m model.ddp_rank SPEC`` and waits. Each rank runs ``fit`` again (inside torchrun it
   trains under DDP); rank 0 alone writes checkpoints and reports each epoch's metrics to an events file, which the
-  launcher passes on to the caller's callback as they come. When the ranks are done, the launcher evaluates
+  launcher passes on to the caller's callback as they come. When the ranks are done, ``fit`` evaluates
   ``best.pt`` once in its own process (:func:`model.training.collect`) and returns the usual ``TrainResult``: so
   only the calling process logs to MLflow and registers, whatever the number of ranks.
+* This module holds what ``fit`` calls (the hooks and the launcher) and imports nothing of
+  :mod:`model.training`; the rank's entry point, which calls ``fit``, is :mod:`model.ddp_rank`.
 * Same semantics as one process: every rank draws the same global order of training clips (the single-process
   sampler, same seed) and :class:`GlobalOrderSampler` hands rank ``r`` the items ``r, r+W, ...`` of it through a
   ``DistributedSampler``, so the W per-rank batches of ``batch_size / W`` clips together are exactly the
@@ -48,6 +50,7 @@ from model.options import batch_share
 EVENTS_FILE = "ddp-events.jsonl"
 SPEC_FILE = "ddp-spec.json"
 LOG_FILE = "ddp.log"
+RANK_MODULE = "model.ddp_rank"  # what torchrun runs in each rank
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ class EventWriter:
 
 
 def write_spec(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path) -> Path:
-    """What every rank reads (``python -m model.distributed SPEC``): the dataset, the options, the seed, where to
+    """What every rank reads (``python -m model.ddp_rank SPEC``): the dataset, the options, the seed, where to
     checkpoint and where rank 0 reports its epochs. The ranks take their number from torchrun, not from
     ``options.processes``. Paths are absolute: on several nodes they must name the same shared filesystem
     (docs/scaling.md, "Storage contract")."""
@@ -192,24 +195,24 @@ def write_spec(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path) ->
 
 def torchrun_command(spec: Path, nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "model.distributed", str(spec)]
+            "-m", RANK_MODULE, str(spec)]
 
 
 def multinode_command(spec: Path, nnodes: int, nproc_per_node: int, endpoint: str, run_id: str) -> list[str]:
     """The command each of ``nnodes`` machines runs (the same on all: c10d rendezvous at ``endpoint`` numbers the
     nodes). One node: ``--standalone``, no rendezvous host to name."""
     if nnodes == 1:
-        return ["torchrun", "--standalone", f"--nproc_per_node={nproc_per_node}", "-m", "model.distributed", str(spec)]
+        return ["torchrun", "--standalone", f"--nproc_per_node={nproc_per_node}", "-m", RANK_MODULE, str(spec)]
     return ["torchrun", f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv_backend=c10d",
-            f"--rdzv_endpoint={endpoint}", f"--rdzv_id={run_id}", "-m", "model.distributed", str(spec)]
+            f"--rdzv_endpoint={endpoint}", f"--rdzv_id={run_id}", "-m", RANK_MODULE, str(spec)]
 
 
-def launch(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path, callback: Any = None):
-    """Train with ``options.processes`` ranks under torchrun on this machine, then evaluate ``best.pt`` here.
-    Raises RuntimeError naming the first exception a rank printed (:func:`root_cause`) when torchrun fails."""
-    from model.training import collect, resolve_device
-
-    check_gpus(options.processes, resolve_device(options.device), torch.cuda.device_count())
+def launch(dataset_dir: Path, options: Any, *, device: torch.device, seed: int, work_dir: Path,
+           callback: Any = None) -> None:
+    """Train with ``options.processes`` ranks under torchrun on this machine (``device``: ``train.device`` resolved
+    here); the caller evaluates what they trained. Raises RuntimeError naming the first exception a rank printed
+    (:func:`root_cause`) when torchrun fails."""
+    check_gpus(options.processes, device, torch.cuda.device_count())
     spec = write_spec(dataset_dir, options, seed=seed, work_dir=work_dir)
     events, log_path = spec.with_name(EVENTS_FILE), spec.with_name(LOG_FILE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
@@ -234,7 +237,6 @@ def launch(dataset_dir: Path, options: Any, *, seed: int, work_dir: Path, callba
         cause = root_cause(text) or " | ".join(text.strip().splitlines()[-12:])
         raise RuntimeError(f"torchrun with {options.processes} processes exited {proc.returncode}: {cause} "
                            f"(the ranks' output: {log_path})")
-    return collect(dataset_dir, options, seed=seed, work_dir=work_dir, callback=callback)
 
 
 _EXCEPTION_LINE = re.compile(r"^(?:\[rank(\d+)\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception)\b.*)$")
@@ -263,24 +265,6 @@ def _relay(events: Path, seen: int, callback: Any) -> int:
     return len(complete)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """One rank: ``python -m model.distributed SPEC`` under torchrun."""
-    from model.options import TrainOptions
-    from model.training import fit
-
-    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
-    options = TrainOptions.model_validate(spec["options"])
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    finished = False
-    try:
-        fit(Path(spec["dataset_dir"]), options, seed=int(spec["seed"]), work_dir=Path(spec["work_dir"]),
-            callback=EventWriter(Path(spec["events"])) if rank0 else None)
-        finished = True
-    finally:
-        leave(finished)
-    return 0
-
-
 def leave(finished: bool) -> None:
     """Tear the process group down before returning. With ``destroy_process_group`` alone, a rank sometimes died
     at interpreter exit, after training had finished ("terminate called without an active exception", SIGABRT,
@@ -297,6 +281,3 @@ def leave(finished: bool) -> None:
     gc.collect()
     dist.destroy_process_group()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -488,7 +488,10 @@ def fit(dataset: Path | DatasetInfo, options: TrainOptions, *, seed: int = 0, wo
     With ``processes > 1`` it launches torchrun and returns what rank 0 trained; inside torchrun it returns None
     (the launcher evaluates)."""
     if options.processes > 1 and not ddp.in_torchrun():
-        return ddp.launch(_dataset_info(dataset).path, options, seed=seed, work_dir=work_dir, callback=callback)
+        info = _dataset_info(dataset)
+        ddp.launch(info.path, options, device=resolve_device(options.device), seed=seed, work_dir=work_dir,
+                   callback=callback)
+        return collect(info, options, seed=seed, work_dir=work_dir, callback=callback)
     notes: list[str] = []
     choice = None
     if options.input == "auto":

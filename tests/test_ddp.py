@@ -250,4 +250,4 @@ def test_the_multinode_command_meets_at_one_endpoint():
 
     cmd = multinode_command(Path("/shared/runs/k/ddp-spec.json"), 4, 8, "head:29500", "k")
     assert cmd == ["torchrun", "--nnodes=4", "--nproc_per_node=8", "--rdzv_backend=c10d",
-                   "--rdzv_endpoint=head:29500", "--rdzv_id=k", "-m", "model.distributed", "/shared/runs/k/ddp-spec.json"]
+                   "--rdzv_endpoint=head:29500", "--rdzv_id=k", "-m", "model.ddp_rank", "/shared/runs/k/ddp-spec.json"]
