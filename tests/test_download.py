@@ -303,6 +303,42 @@ def test_report_rows_and_summary(server, tmp_path):
     assert dl.summary_message(counts) == "2 of 3 clips ready (1 downloaded, 1 already there); 1 failed: 1 http_error"
 
 
+def test_a_yt_dlp_without_the_popen_it_had_still_downloads_and_warns_once(server, tmp_path, monkeypatch, caplog):
+    """The fence around the one yt-dlp internal we wrap (tasks/lib/procs.py): a yt-dlp that dropped or reshaped
+    ``yt_dlp.utils.Popen`` downloads as before, without the parent-death signal, and says so once."""
+    import logging
+    import subprocess
+
+    import yt_dlp.utils
+
+    from tasks.lib import procs
+
+    # yt-dlp imports some of its modules lazily, each taking its own Popen reference: load them before ours goes
+    assert dl.download_clip(clip(start=0.0, end=1.0), tmp_path, server.template(), cfg()).status == "downloaded"
+
+    class Reshaped(subprocess.Popen):
+        def __init__(self, args, env=None):  # no **kwargs: preexec_fn could not be passed on
+            super().__init__(args, env=env)
+
+    monkeypatch.setattr(yt_dlp.utils, "Popen", Reshaped)
+    assert procs._ytdlp_popen()[0] is None and "**kwargs" in procs._ytdlp_popen()[1]
+    monkeypatch.delattr(yt_dlp.utils, "Popen")
+
+    def gone(name):  # yt_dlp.utils otherwise finds a removed name among its deprecated aliases
+        raise AttributeError(name)
+
+    monkeypatch.setattr(yt_dlp.utils, "__getattr__", gone)
+    monkeypatch.setattr(procs, "_ytdlp_state", {"done": False, "warned": False, "problem": None})
+    with caplog.at_level(logging.WARNING, logger="tasks.lib.procs"):
+        first = dl.download_clip(clip(start=2.0, end=5.0), tmp_path, server.template(), cfg())
+        second = dl.download_clip(clip("vid00000002", start=1.0, end=3.0), tmp_path, server.template(), cfg())
+    assert (first.status, second.status) == ("downloaded", "downloaded"), (first.message, second.message)
+    assert_exact_window(tmp_path / first.path, 2.0, 5.0)
+    warned = [r.getMessage() for r in caplog.records if r.name == "tasks.lib.procs"]
+    assert len(warned) == 1 and "no yt_dlp.utils.Popen" in warned[0] and "may outlive" in warned[0], warned
+    assert procs.patch_ytdlp_popen() is not None  # the reason stays known (vivit doctor shows it)
+
+
 # -- the Prefect flow --------------------------------------------------------------------------------------
 def _flow_config(tmp_path: Path, server, csv_text: str, **kw) -> PipelineConfig:
     ann = tmp_path / "ann.csv"

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import inspect
+import logging
 import os
 import signal
+import subprocess
 import sys
 from typing import Any, Callable
 
@@ -47,25 +50,53 @@ def die_with_parent_kwargs() -> dict[str, Any]:
     return {"preexec_fn": fn} if fn else {}
 
 
-_ytdlp_patched = False
+# yt-dlp starts ffmpeg through its own ``subprocess.Popen`` subclass and has no public option to pass
+# ``preexec_fn``; wrapping that class's ``__init__`` is the one way in. It is fenced: only a ``yt_dlp.utils.Popen``
+# that is still a ``subprocess.Popen`` subclass taking ``**kwargs`` is wrapped. Anything else (a yt-dlp that
+# renamed or reshaped it) downloads as before, without this protection, and says so once.
+_ytdlp_state: dict[str, Any] = {"done": False, "warned": False, "problem": None}
+log = logging.getLogger(__name__)
 
 
-def patch_ytdlp_popen() -> None:
-    """yt-dlp starts ffmpeg through its own ``Popen`` subclass: give those children the same parent-death
-    signal (idempotent)."""
-    global _ytdlp_patched
-    if _ytdlp_patched or _prctl is None:
-        return
+def _ytdlp_popen() -> tuple[Any, str | None]:
+    """yt-dlp's ``Popen`` class if it is still the shape the wrapper expects, else (None, why not)."""
     try:
-        from yt_dlp.utils import _utils
-    except ImportError:  # pragma: no cover
-        return
-    original = _utils.Popen.__init__
+        import yt_dlp.utils as ytdlp_utils
+        from yt_dlp.version import __version__ as version
+    except ImportError:  # pragma: no cover - yt-dlp is a dependency
+        return None, "yt-dlp is not installed"
+    cls = getattr(ytdlp_utils, "Popen", None)
+    if not (isinstance(cls, type) and issubclass(cls, subprocess.Popen)):
+        return None, f"yt-dlp {version} has no yt_dlp.utils.Popen subclass of subprocess.Popen"
+    try:
+        params = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - a C-level __init__
+        params = []
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None, f"yt-dlp {version}'s Popen no longer takes **kwargs"
+    return cls, None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+def patch_ytdlp_popen() -> str | None:
+    """Give the ffmpeg children yt-dlp starts the same parent-death signal (idempotent). Returns None when they
+    have it (or the platform has no such signal), else why not; that reason is logged once per process."""
+    if _ytdlp_state["done"] or _prctl is None:
+        return _ytdlp_state["problem"]
+    cls, problem = _ytdlp_popen()
+    if cls is None:
+        _ytdlp_state["problem"] = problem
+        if not _ytdlp_state["warned"]:
+            _ytdlp_state["warned"] = True
+            log.warning("%s: ffmpeg started by yt-dlp may outlive a killed download (kill leftover ffmpeg "
+                        "processes by hand, or pin the tested yt-dlp)", problem)
+        return problem
+    original = cls.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if "preexec_fn" not in kwargs:
             kwargs.update(die_with_parent_kwargs())
         original(self, *args, **kwargs)
 
-    _utils.Popen.__init__ = __init__
-    _ytdlp_patched = True
+    cls.__init__ = __init__
+    _ytdlp_state.update(done=True, problem=None)
+    return None
