@@ -112,6 +112,13 @@ def leftovers(root: Path) -> list[Path]:
         ("file:// URLs are disabled by default in yt-dlp for security reasons. Use --enable-file-urls to enable "
          "at your own risk.", "file_urls_disabled"),
         ("ERROR: Postprocessing: Conversion failed!", "ffmpeg_error"),
+        # YouTube changed and this yt-dlp no longer follows it
+        ("ERROR: [youtube] abcdefghijk: Unable to extract yt initial data; please report this issue on "
+         "https://github.com/yt-dlp/yt-dlp/issues?q= , filling out the appropriate issue template. Confirm you are "
+         "on the latest version using yt-dlp -U", "extractor_error"),
+        ("ERROR: [youtube] abcdefghijk: Failed to extract any player response; please report this issue on "
+         "https://github.com/yt-dlp/yt-dlp/issues?q= , filling out the appropriate issue template.", "extractor_error"),
+        ("ERROR: [youtube] abcdefghijk: nsig extraction failed: Some formats may be missing", "extractor_error"),
         ("something nobody has seen before", "unknown"),
     ],
 )
@@ -301,6 +308,20 @@ def test_report_rows_and_summary(server, tmp_path):
     counts = dl.summarize(rows)
     assert counts == {"requested": 3, "downloaded": 1, "skipped": 1, "failed": 1, "failed_http_error": 1}
     assert dl.summary_message(counts) == "2 of 3 clips ready (1 downloaded, 1 already there); 1 failed: 1 http_error"
+
+
+def test_extractor_errors_say_yt_dlp_may_be_too_old_with_its_version_and_the_upgrade():
+    from yt_dlp.version import __version__
+
+    from tasks.lib.download.ytdlp import _failure
+
+    failure = _failure("extractor_error", "[youtube] abcdefghijk: Unable to extract yt initial data")
+    assert f"yt-dlp {__version__} may be too old" in failure.message and "pip install -U yt-dlp" in failure.message
+    assert "may be too old" not in _failure("http_error", "HTTP Error 404").message
+    counts = {"requested": 3, "downloaded": 1, "skipped": 0, "failed": 2, "failed_extractor_error": 2}
+    line = dl.summary_message(counts)
+    assert line.startswith("1 of 3 clips ready (1 downloaded, 0 already there); 2 failed: 2 extractor_error (yt-dlp ")
+    assert f"yt-dlp {__version__} may be too old" in line and "pip install -U yt-dlp" in line
 
 
 def test_a_yt_dlp_without_the_popen_it_had_still_downloads_and_warns_once(server, tmp_path, monkeypatch, caplog):

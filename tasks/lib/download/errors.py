@@ -3,6 +3,7 @@ them (pure functions). Only :data:`TRANSIENT` reasons are retried."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from tasks.lib.errors import is_disk_full
@@ -24,6 +25,7 @@ REASONS: dict[str, str] = {
     "not_video": "downloaded, but not a playable video",
     "out_of_range": "the annotated window starts after the end of the video",
     "unsupported_url": "yt-dlp found no video at the URL (e.g. an HTML page)",
+    "extractor_error": "yt-dlp could not read the site's page or player: the site changed, yt-dlp may be too old",
     "file_urls_disabled": "file:// URL refused (set download.allow_file_urls: true)",
     "unsafe_path": "label or youtube_id would make an unsafe path; refused",
     "quarantined": "downloaded earlier but rejected by the filter stage (see quarantine/; delete it to retry)",
@@ -69,6 +71,10 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
                     r"removed by the (?:uploader|user)|video has been removed|copyright|terms of service|"
                     r"violat(?:es|ing) YouTube|community guidelines"),
         ("rate_limited", r"HTTP Error 429|too many requests|rate[- ]?limit"),
+        # what yt-dlp says when the site changed under it (the usual fix is a newer yt-dlp)
+        ("extractor_error", r"unable to extract|failed to extract|(?:signature|nsig) extraction failed|"
+                            r"challenge solving failed|please report this issue on|"
+                            r"confirm you are on the latest version"),
         ("unavailable", r"video unavailable|is unavailable|(?:no longer|not) available|does not exist|"
                         r"has been deleted|live event will begin|premieres in|requested format is not available|"
                         r"no video formats found|drm protected"),
@@ -176,6 +182,32 @@ def classify_error(err: BaseException | str) -> str:
     if _FFMPEG_RE.search(text):
         return "ffmpeg_error"
     return "unknown"
+
+
+def ytdlp_version() -> str:
+    try:
+        from yt_dlp.version import __version__
+    except ImportError:  # pragma: no cover - yt-dlp is a dependency
+        return "(not installed)"
+    return __version__
+
+
+def upgrade_command() -> str:
+    """How to upgrade yt-dlp in the Python running this: ``.venv/bin/pip`` when that is it."""
+    import sys
+
+    exe = Path(sys.executable)
+    try:
+        shown = exe.relative_to(Path.cwd())
+    except ValueError:
+        shown = exe
+    pip = shown.parent / "pip"
+    return f"{pip} install -U yt-dlp" if (exe.parent / "pip").exists() else f"{shown} -m pip install -U yt-dlp"
+
+
+def too_old_hint() -> str:
+    """Said with every extractor error: sites change and yt-dlp follows within days."""
+    return f"yt-dlp {ytdlp_version()} may be too old: upgrade it ({upgrade_command()})"
 
 
 def is_transient(reason: str) -> bool:

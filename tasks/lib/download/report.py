@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tasks.lib import reports
+from tasks.lib.download.errors import too_old_hint
 from tasks.lib.paths import is_partial, partial_owner_alive
 
 
@@ -52,6 +53,8 @@ def summary_message(counts: dict[str, int]) -> str:
     if counts["failed"]:
         reasons = ", ".join(f"{v} {k.removeprefix('failed_')}" for k, v in counts.items() if k.startswith("failed_"))
         msg += f"; {counts['failed']} failed: {reasons}"
+    if counts.get("failed_extractor_error"):
+        msg += f" ({too_old_hint()})"
     return msg
 
 

@@ -13,7 +13,8 @@ from typing import Any
 from tasks.lib.config import DownloadConfig
 from tasks.lib.procs import patch_ytdlp_popen
 from tasks.lib.media import ffmpeg_exe
-from tasks.lib.download.errors import DownloadFailure, CANNOT_SECTION_RE, CannotSection, classify_error, clean_message
+from tasks.lib.download.errors import (DownloadFailure, CANNOT_SECTION_RE, CannotSection, classify_error, clean_message,
+                                       too_old_hint)
 
 
 # Video-only first (no audio needed), never taller than max_height when anything that small exists; unknown
@@ -164,6 +165,12 @@ def _set_ffmpeg_for_sections(ffmpeg: str) -> None:
         pass
 
 
+def _failure(reason: str, msg: str) -> DownloadFailure:
+    if reason == "extractor_error":
+        msg = f"{msg} ({too_old_hint()})"
+    return DownloadFailure(reason, msg)
+
+
 def run_ytdlp(url: str, outtmpl: str, cfg: DownloadConfig, *, section: tuple[float, float] | None) -> tuple[Path, dict]:
     """Download ``url`` to ``outtmpl``; returns the file written and yt-dlp's info dict.
 
@@ -184,10 +191,10 @@ def run_ytdlp(url: str, outtmpl: str, cfg: DownloadConfig, *, section: tuple[flo
         msg = clean_message(str(e)) or clean_message(logger.last_error()) or type(e).__name__
         if section is not None and CANNOT_SECTION_RE.search(msg):
             raise CannotSection(msg) from e
-        raise DownloadFailure(classify_error(e), msg) from e
+        raise _failure(classify_error(e), msg) from e
     if not info:
         msg = logger.last_error() or "yt-dlp returned no information"
-        raise DownloadFailure(classify_error(msg), msg)
+        raise _failure(classify_error(msg), msg)
     if info.get("_type") == "playlist":
         entries = [e for e in (info.get("entries") or []) if e]
         info = entries[0] if entries else {}
