@@ -366,12 +366,32 @@ def temporary_server_settings(api_url: str | None = None) -> dict:
     return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, **({PREFECT_API_URL: api_url} if api_url else {})}
 
 
+# own_prefect_server gives the temporary server the parent-death signal by wrapping the ``subprocess`` module that
+# Prefect's server module starts it with: an internal, read in these Prefect releases only (pinned in pyproject).
+PREFECT_SERVER_TESTED = ("3.8.",)
+
+
+def server_popen_problem(prefect_server) -> str | None:
+    """None when this Prefect's server module is the one the wrapper was written for, else why not."""
+    import subprocess
+
+    import prefect
+
+    if not prefect.__version__.startswith(PREFECT_SERVER_TESTED):
+        return f"Prefect {prefect.__version__} is not a tested release ({', '.join(PREFECT_SERVER_TESTED)}x)"
+    if getattr(prefect_server, "subprocess", None) is not subprocess or not hasattr(prefect_server,
+                                                                                   "SubprocessASGIServer"):
+        return f"Prefect {prefect.__version__} starts its server differently"
+    return None
+
+
 @contextlib.contextmanager
 def own_prefect_server():
     """Without ``PREFECT_API_URL`` the flows need a temporary Prefect server. Prefect starts one itself, but it
     outlived a kill -9 of ``vivit`` in 26 of 32 trials. So the command starts it, from the main thread, as a
     child that the kernel kills when this process dies (``tasks.lib.procs``), stops it on exit, and turns
-    SIGTERM into a normal exit (which stops it too)."""
+    SIGTERM into a normal exit (which stops it too). On an untested Prefect it warns and starts the server
+    without that signal (:func:`server_popen_problem`)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     previous = signal.getsignal(signal.SIGTERM)
@@ -389,7 +409,14 @@ def own_prefect_server():
 
         from tasks.lib.procs import die_with_parent_kwargs
 
-        real = prefect_server.subprocess
+        problem = server_popen_problem(prefect_server)
+        if problem:
+            print(f"vivit: warning: {problem}, so its temporary Prefect server may outlive a killed vivit "
+                  "(PREFECT_API_URL pointing at a server of your own avoids that)", file=sys.stderr)
+        if not hasattr(prefect_server, "SubprocessASGIServer"):  # Prefect starts its own when a flow runs
+            yield None
+            return
+        real = getattr(prefect_server, "subprocess", None)
 
         class _Subprocess:
             def __getattr__(self, name):
@@ -399,7 +426,8 @@ def own_prefect_server():
             def Popen(*a, **kw):  # noqa: N802 - stands in for subprocess.Popen
                 return real.Popen(*a, **{**die_with_parent_kwargs(), **kw})
 
-        prefect_server.subprocess = _Subprocess()
+        if not problem:
+            prefect_server.subprocess = _Subprocess()
         server = prefect_server.SubprocessASGIServer()
         try:
             server.start()
@@ -410,7 +438,8 @@ def own_prefect_server():
                     _drain_prefect_workers()  # logs and events still queued go out before the server stops
         finally:
             server.stop()
-            prefect_server.subprocess = real
+            if not problem:
+                prefect_server.subprocess = real
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)

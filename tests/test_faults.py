@@ -311,6 +311,37 @@ def test_the_temporary_prefect_server_dies_with_the_command(tmp_path, demo_sourc
     assert _wait_gone(server, 15), f"server {server} outlived the command ({sig!r})"
 
 
+UNTESTED_PREFECT = """
+import subprocess, sys
+import httpx
+import flows, prefect
+prefect.__version__ = "9.9.9"  # a Prefect whose server internals were never read
+from prefect.server.api import server as prefect_server
+from flows.cli import own_prefect_server
+with own_prefect_server() as server:
+    assert prefect_server.subprocess is subprocess  # nothing wrapped
+    print(httpx.get(server.api_url + "/health").status_code, server.server_process.pid, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_an_untested_prefect_gets_an_unwrapped_temporary_server_and_a_warning():
+    """The fence around the one Prefect internal ``vivit`` wraps (``flows/cli.py`` ``server_popen_problem``)."""
+    import types
+
+    from flows.cli import server_popen_problem
+
+    assert "starts its server differently" in server_popen_problem(types.SimpleNamespace())
+    env = {k: v for k, v in ENV.items() if k != "PREFECT_API_URL"}
+    p = _python(UNTESTED_PREFECT, env=env)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    status, pid = out.split()
+    assert status == "200" and _wait_gone(int(pid))  # it served, and stopped with the block
+    assert "vivit: warning: Prefect 9.9.9 is not a tested release (3.8.x), so its temporary Prefect server may " \
+           "outlive a killed vivit" in err, err[-3000:]
+
+
 # -- truthful states -----------------------------------------------------------------------------------------
 def test_a_failed_stage_fails_its_flow_run_and_the_pipeline(prefect_harness, tmp_path, demo_source):
     from flows.pipeline import pipeline_flow
