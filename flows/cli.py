@@ -447,8 +447,7 @@ def own_prefect_server():
 
 def _predict(cfg, args) -> int:
     from tasks import tracking
-    from tasks.lib.predicting import ResultWriter, expand_inputs
-    from tasks.predict import stream_predictions
+    from tasks.lib.predicting import ResultWriter, expand_inputs, stream_predictions
 
     if args.stride is not None and args.window is None:
         print("vivit: --stride needs --window", file=sys.stderr)

@@ -1,37 +1,13 @@
 """Classify new videos with a registered model, sampling frames exactly as training did: the sampling
 parameters (frame count, size) travel with the logged model, never from the caller. The logic is in
-:mod:`tasks.lib.predicting`; this module adapts a loaded classifier to it and wraps it in Prefect tasks."""
+:mod:`tasks.lib.predicting` (which the served video model runs too); this module wraps it in Prefect tasks."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
-import numpy as np
 from prefect import task
 
-from tasks.lib.predicting import predict_stream
-
-
-def classify_fn(classifier: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 ``(B, T, S, S, 3)`` numpy -> probabilities ``(B, K)`` numpy, without autograd."""
-    import torch
-
-    def classify(frames: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return classifier(torch.from_numpy(np.ascontiguousarray(frames))).float().cpu().numpy()
-
-    return classify
-
-
-def stream_predictions(classifier: Any, inputs: Iterable[str], **options: Any) -> Iterator[dict[str, Any]]:
-    """:func:`tasks.lib.predicting.predict_stream` with the classifier's own classes and sampling parameters."""
-    return predict_stream(classify_fn(classifier), classifier.classes, inputs, num_frames=classifier.num_frames,
-                          image_size=classifier.image_size, **options)
-
-
-def classify_videos(classifier: Any, paths: list[str], batch_size: int = 8, **options: Any) -> list[dict[str, Any]]:
-    """One result per video, in order: ``{"path", "label", "probabilities", ...}`` or ``{"path", "error"}``.
-    An unreadable video is a result, never an exception, so one bad file does not sink a batch."""
-    return list(stream_predictions(classifier, paths, batch_size=batch_size, **options))
+from tasks.lib.predicting import stream_predictions
 
 
 @task(name="load-model", retries=2, retry_delay_seconds=2)

@@ -140,6 +140,63 @@ def test_video_pyfunc_samples_like_training(registered, monkeypatch):
     np.testing.assert_allclose(only_paths[CLASSES].to_numpy(), out.loc[:0, CLASSES].to_numpy(), atol=1e-6)
 
 
+# Loads both registered models and predicts, as a container would: the project is not installed (the editable
+# install's finder is dropped, the working directory is elsewhere) and Prefect, Dask and prefect-dask raise on import.
+_CONTAINER = """
+import json, sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path[:] = [p for p in sys.path if "__editable__" not in p]
+import mlflow.pyfunc, numpy as np, pandas as pd
+frames = mlflow.pyfunc.load_model("models:/clf@champion").predict(np.load(sys.argv[1]))
+video = mlflow.pyfunc.load_model("models:/clf-video@champion").predict(pd.DataFrame({"path": [sys.argv[2]]}))
+print(json.dumps({"frames": frames.to_numpy().tolist(), "video": video.to_dict("records"),
+                  "project": {m: getattr(x, "__file__", None) for m, x in sys.modules.items()
+                              if m.split(".")[0] in ("model", "tasks", "flows")}}))
+"""
+
+
+def test_a_registered_model_serves_without_prefect(registered, tmp_path):
+    """The served models carry ``model/`` and of ``tasks/`` only the served package and the decoding it imports, and
+    list no orchestrator among their requirements: they load and predict where Prefect cannot be imported."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from tasks.serving import CODE
+
+    for name in ("clf", "clf-video"):
+        reqs = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{name}@champion")).read_text().split()
+        assert not [r for r in reqs if r.split("=")[0].split("[")[0] in ("prefect", "prefect-dask", "dask", "distributed")], reqs
+    shipped = Path(mlflow.artifacts.download_artifacts("models:/clf-video@champion", dst_path=str(tmp_path / "dl")))
+    tasks_files = {p.relative_to(shipped / "code").as_posix() for p in (shipped / "code" / "tasks").rglob("*.py")}
+    assert tasks_files == {rel for rel in (p.relative_to(ROOT).as_posix() for c in CODE if c.startswith("tasks")
+                                          for p in ([ROOT / c] if c.endswith(".py") else (ROOT / c).rglob("*.py")))}
+    assert not [f for f in tasks_files if f.startswith("tasks/tracking/") or f.count("/") == 1 and f != "tasks/__init__.py"]
+
+    blocked = tmp_path / "blocked"
+    for pkg in ("prefect", "prefect_dask", "dask", "distributed"):
+        (blocked / pkg).mkdir(parents=True)
+        (blocked / pkg / "__init__.py").write_text(f"raise ImportError('{pkg} is not installed in this container')\n")
+    frames = np.random.default_rng(5).integers(0, 256, (3, T, S, S, 3), dtype=np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    video = registered["videos"][1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    env |= {"PYTHONPATH": str(blocked), "MLFLOW_TRACKING_URI": registered["cfg"].tracking_uri,
+            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    proc = subprocess.run([sys.executable, "-c", _CONTAINER, str(tmp_path / "frames.npy"), str(video)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got["frames"], _expected(registered["clf"], frames), atol=1e-5)
+    [row] = got["video"]
+    want = _expected(registered["clf"], sample_clip(video, T, S)[None])[0]
+    assert row["error"] == "" and row["label"] == CLASSES[int(want.argmax())]
+    np.testing.assert_allclose([row[c] for c in CLASSES], want, atol=1e-5)
+    # every project module came from the models' own code, none from this checkout
+    assert got["project"] and all(f and "/code/" in f and not f.startswith(str(ROOT)) for f in got["project"].values()), \
+        got["project"]
+    assert "tasks.lib.predicting" in got["project"] and "tasks.tracking" not in got["project"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

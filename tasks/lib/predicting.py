@@ -284,6 +284,31 @@ def predict_stream(
     yield from ready()
 
 
+def classify_fn(classifier: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A packaged classifier (:class:`model.predict.VideoClassifier`) as ``classify``: uint8 ``(B, T, S, S, 3)``
+    numpy -> probabilities ``(B, K)`` numpy, without autograd."""
+    import torch
+
+    def classify(frames: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return classifier(torch.from_numpy(np.ascontiguousarray(frames))).float().cpu().numpy()
+
+    return classify
+
+
+def stream_predictions(classifier: Any, inputs: Iterable[str], **options: Any) -> Iterator[dict[str, Any]]:
+    """:func:`predict_stream` with the classifier's own classes and sampling parameters, never the caller's: they
+    travel with the logged model."""
+    return predict_stream(classify_fn(classifier), classifier.classes, inputs, num_frames=classifier.num_frames,
+                          image_size=classifier.image_size, **options)
+
+
+def classify_videos(classifier: Any, paths: list[str], batch_size: int = 8, **options: Any) -> list[dict[str, Any]]:
+    """One result per video, in order: ``{"path", "label", "probabilities", ...}`` or ``{"path", "error"}``.
+    An unreadable video is a result, never an exception, so one bad file does not sink a batch."""
+    return list(stream_predictions(classifier, paths, batch_size=batch_size, **options))
+
+
 # -- writing results --------------------------------------------------------------------------------------------
 class ResultWriter:
     """``.jsonl`` (one result a line, as printed) or ``.csv`` (one row per video, plus one per segment for windowed

@@ -1,12 +1,13 @@
-"""Everything MLflow: the one package of the project that imports ``mlflow``.
+"""Everything MLflow but what a served model runs (:mod:`tasks.serving`, the other package that imports ``mlflow``).
 
 The training loop knows nothing of tracking; it reports through a callback, and :class:`MlflowReporter` is the
-callback the train stage plugs in. Models are saved in MLflow's *pickle* format with the ``model/`` package as
-``code_paths``: MLflow 3's default ``torch.export`` format froze the batch size to 1 and wrote tens of MB of
-example JSON in a trial here, while pickle loads for any batch size from any working directory.
+callback the train stage plugs in. Models are pyfunc models from code (:mod:`tasks.serving`, which carries what
+they run) with the ``model/`` package among their ``code_paths``: MLflow 3's default ``torch.export`` format froze
+the batch size to 1 and wrote tens of MB of example JSON in a trial here, while these load for any batch size from
+any working directory.
 
 One module per responsibility: :mod:`.store` (where the store is, its lock and health, experiments), :mod:`.runs`
-(metric names, the epoch callback, what a run logs), :mod:`.models` (the pyfunc models and their signatures) and
+(metric names, the epoch callback, what a run logs), :mod:`.models` (logging and loading the pyfunc models) and
 :mod:`.registry` (versions, aliases, promotion, reuse of a finished run). Callers use the names re-exported here.
 """
 from __future__ import annotations
@@ -22,15 +23,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-from tasks.tracking.models import (  # noqa: E402
-    REQUIREMENTS,
-    ClassifierPyfunc,
-    VideoPyfunc,
-    classifier_signature,
-    load_classifier,
-    log_classifier,
-    video_signature,
-)
+from tasks.serving import REQUIREMENTS  # noqa: E402
+from tasks.serving.pyfunc import ClassifierPyfunc, VideoPyfunc, classifier_signature, video_signature  # noqa: E402
+from tasks.tracking.models import load_classifier, log_classifier  # noqa: E402
 from tasks.tracking.registry import (  # noqa: E402
     BASELINE_METRIC,
     CHALLENGER,

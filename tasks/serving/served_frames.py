@@ -4,6 +4,6 @@ and its ``load_context`` rebuilds the classifier from the model's ``classifier``
 (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``)."""
 from mlflow.models import set_model
 
-from tasks.tracking.models import ClassifierPyfunc
+from tasks.serving.pyfunc import ClassifierPyfunc
 
 set_model(ClassifierPyfunc())
