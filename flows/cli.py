@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-dunking", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra-classes", type=int, default=0, help="add synthetic classes beyond the two (K > 2)")
+    p = sub.add_parser("doctor", help="check yt-dlp, the JavaScript runtime, ffmpeg, cookies, disk, Prefect and "
+                                       "MLflow, one line each with the fix; exit 1 when a required one fails")
+    _config_args(p)
     p = sub.add_parser("presets", help="list model presets with parameters and forward GFLOPs per view of --config's "
                                         "clips (train.view_frames positions at frames.size)")
     _config_args(p)
@@ -231,6 +234,10 @@ def _main(args) -> int:
         print(f"vivit: {e}", file=sys.stderr)
         return EXIT_USAGE
 
+    if args.command == "doctor":
+        from tasks.doctor import doctor
+
+        return doctor(cfg)
     if args.command == "presets":
         return _presets(cfg)
     if args.command == "predict":

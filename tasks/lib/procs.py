@@ -77,6 +77,12 @@ def _ytdlp_popen() -> tuple[Any, str | None]:
     return cls, None
 
 
+def ytdlp_popen_problem() -> str | None:
+    """Why yt-dlp's ffmpeg children would not get the parent-death signal here; None when they would (or when
+    this platform has no such signal to give)."""
+    return None if _prctl is None else _ytdlp_popen()[1]
+
+
 def patch_ytdlp_popen() -> str | None:
     """Give the ffmpeg children yt-dlp starts the same parent-death signal (idempotent). Returns None when they
     have it (or the platform has no such signal), else why not; that reason is logged once per process."""
