@@ -111,17 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _presets(cfg) -> int:
     """Every preset's size and cost on the clips this config trains on (what a view costs the network, its input
     form included: ``rgb_diff`` has 6 channels), the config's own model marked."""
-    from model.presets import PRESETS, describe
+    from tasks.lib.costs import preset_costs
 
-    t, size, channels = cfg.train.view_frames, cfg.frames.size, cfg.train.view.channels
+    t, size = cfg.train.view_frames, cfg.frames.size
     print(f"forward GFLOPs per view: {t} positions at {size}x{size}, input {cfg.train.input} "
           f"(train.view_frames, frames.size, train.input)")
-    for name in PRESETS:
+    for name, d in preset_costs(cfg.train, size).items():
         mark = "   <- train.model" if name == cfg.train.model else ""
-        try:
-            d = describe(name, num_frames=t, image_size=size, in_channels=channels)
-        except ValueError as e:  # a tubelet or patch that does not divide this clip
-            print(f"{name:<18} does not fit these clips: {e}{mark}")
+        if isinstance(d, str):  # a tubelet or patch that does not divide this clip
+            print(f"{name:<18} does not fit these clips: {d}{mark}")
             continue
         print(f"{name:<18} params={d['params'] / 1e6:6.2f}M  GFLOPs/view={d['gflops']:6.2f}{mark}")
     return EXIT_OK

@@ -32,8 +32,6 @@ def train_flow(config: TrainStage, force: bool = False) -> StageResult:
 
 
 def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
-    from model.presets import describe
-
     logger = get_run_logger()
     try:
         info = read_dataset_info(config.dataset_dir)
@@ -44,10 +42,7 @@ def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
     if res:
         logger.info("unchanged dataset and options: reusing run %s (model v%s)", res["run_id"], res["registry"]["version"])
     else:
-        view = config.train.view
-        cost = describe(config.train.model, num_frames=view.num_frames, image_size=info.image_size,
-                        in_channels=view.channels)
-        check_space_for_training(config, cost.get("params"))
+        check_space_for_training(config, info.image_size)
         check_training_device(config)
         if config.train.init == I3D_INIT:
             try:

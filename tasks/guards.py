@@ -22,7 +22,11 @@ def checkpoint_bytes(params: int) -> int:
     return params * 4 * 5 + 5_000_000
 
 
-def check_space_for_training(config: TrainStage, params: int | None) -> None:
+def check_space_for_training(config: TrainStage, image_size: int) -> None:
+    """Room for the checkpoints of the network ``train.model`` builds for clips of ``image_size``."""
+    from tasks.lib.costs import view_cost  # torch: only the train stage builds networks
+
+    params = view_cost(config.train, image_size).get("params")
     if not params:
         return
     try:
