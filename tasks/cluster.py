@@ -3,10 +3,9 @@
 ``threads`` maps the per-clip task over this process's thread pool: one Prefect task run per clip, about 20 ms of
 overhead each. ``dask`` maps a *shard* task over a ``dask.distributed`` cluster through ``prefect-dask``: each
 shard runs the same per-clip function for ``cluster.shard_size`` clips (``auto``: about 2 shards per worker
-thread), because a Prefect task run per clip would rival the work itself: 130-360 ms each on prefect-dask's own
-runner, 10-30 ms after a worker thread's first on ``tasks/dask_runner.py``'s, and the Prefect server records
-every task run's states and logs besides. Either way the caller gets one row per clip, in input order, so
-reports, manifests and fingerprints do not depend on the engine.
+thread), because a Prefect task run per clip would rival the work itself: 130-360 ms each on prefect-dask's
+runner, and the Prefect server records every task run's states and logs besides. Either way the caller gets one
+row per clip, in input order, so reports, manifests and fingerprints do not depend on the engine.
 
 Workers report to the flow's Prefect API. A Dask worker that has no ``PREFECT_API_URL`` starts a temporary API
 server of its own (18.8 s for 6 tasks measured), and its task runs never show up in the flow's server: a
@@ -40,15 +39,15 @@ def flow_api_url() -> str:
 
 
 def dask_runner(cluster: ClusterConfig):
-    """A ``DaskTaskRunner`` (prefect-dask's, with Prefect's per-task-run setup held per worker thread:
-    ``tasks/dask_runner.py``) on ``cluster.address``, or on a LocalCluster of ``cluster.workers`` single-threaded
+    """prefect-dask's ``DaskTaskRunner``, as shipped (docs/scaling.md: what a subclass saved was not worth
+    patching its internals), on ``cluster.address``, or on a LocalCluster of ``cluster.workers`` single-threaded
     processes (frames and filter decode with one thread per clip, so one process per core) that reach the
     flow's Prefect API."""
-    from tasks.dask_runner import ReusingDaskTaskRunner
+    from prefect_dask import DaskTaskRunner
 
     if cluster.address:
-        return ReusingDaskTaskRunner(address=cluster.address)
-    return ReusingDaskTaskRunner(
+        return DaskTaskRunner(address=cluster.address)
+    return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={"n_workers": cluster.workers, "threads_per_worker": 1, "processes": True,
                         "dashboard_address": None, "env": worker_environment(flow_api_url(), dict(os.environ))},

@@ -22,8 +22,7 @@ def shards(items: Sequence[Any], size: int) -> list[list[Any]]:
 # fell from 7.7% to 4.9% on 200 generated clips and from 5.9% to 3.8% on 260 real ones, and two workers got faster
 # too (7.2 vs 7.7 s; 12.8 vs 14.5 s on the real clips, uneven in size): a worker that finishes early still takes
 # the shards a slower one has not started. Fewer would leave one thread's last shard as the stage's tail; a lost
-# worker redoes its shard, hence the ceiling. Since tasks/dask_runner.py holds that setup per worker thread, a
-# shard after a thread's first costs 10-30 ms, so more shards per thread would now cost little (not re-measured).
+# worker redoes its shard, hence the ceiling.
 SHARDS_PER_THREAD = 2
 AUTO_SHARD_CLIPS = (5, 500)
 
