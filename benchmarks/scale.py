@@ -16,7 +16,7 @@ and fp32 vs bf16 training steps.
   over the mean Prefect time (a check that the fastest runs are not a lucky pair); where the difference falls
   (before the first clip, in the clips, between them, after them) is ``benchmarks/prefect_overhead.py``'s
   question. ``clips_per_shard``: what ``shard_size`` gives for 1 and 2 worker threads. Flows run with the
-  settings ``vivit`` uses for its own temporary server (:func:`flows.cli.temporary_server_settings`) unless
+  settings ``vivit`` uses for its own temporary server (:func:`flows.server.temporary_server_settings`) unless
   ``PREFECT_API_URL`` names a server.
   Also recorded: ``bare_seconds``, the whole stage's own work in this process, one thread, no Prefect, no Dask
   (lock, ``plan_frames.fn``, the space check, every clip's ``sample_clip_task.fn`` (sampler, ``.npy`` save,
@@ -424,7 +424,7 @@ def prefect_server():
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.cli import temporary_server_settings
+    from flows.server import temporary_server_settings
 
     if PREFECT_API_URL.value():
         yield

@@ -7,16 +7,15 @@ whole failed: some clips failing is a normal, reported outcome.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import flows  # noqa: F401  -- sets the embedded Prefect defaults before prefect is imported
+from flows.server import own_prefect_server
+from flows.terminal import next_steps, print_summary, progress_bar, quiet_expected_tracebacks
 
 if TYPE_CHECKING:
     from tasks.lib.results import StageResult
@@ -125,18 +124,6 @@ def _presets(cfg) -> int:
     return EXIT_OK
 
 
-def print_summary(s: StageResult) -> None:
-    print(f"\n== {s.stage}: {'FAILED' if s.failed else 'ok'}")
-    if s.message:
-        print(f"   {s.message}")
-    if s.counts:
-        width = max(len(k) for k in s.counts)
-        for k, v in s.counts.items():
-            print(f"   {k:<{width}}  {v}")
-    for out in s.outputs:
-        print(f"   wrote {out}")
-
-
 def _run_stage(name: str, cfg, args) -> list[StageResult]:
     """The stage's (or pipeline's) summaries; a failed stage raises StageFailed carrying them."""
     if name == "run":
@@ -162,25 +149,6 @@ def _pipeline_args(args) -> dict:
     if force:
         select_stages(force)
     return {"stages": stages, "start": args.start, "force": force}
-
-
-def _next_steps(cfg, summaries: list[StageResult]) -> None:
-    train = next((s for s in summaries if s.stage == "train" and not s.failed), None)
-    if not train:
-        return
-    from tasks import tracking
-
-    uri = train.result["tracking_uri"]
-    tracking.use_store(cfg.mlflow.model_copy(update={"tracking_uri": uri}))
-    exp_id = tracking.experiment_id(cfg.mlflow.experiment)
-    page = tracking.experiment_url("http://127.0.0.1:5000", exp_id) if exp_id else "http://127.0.0.1:5000"
-    # no champion when every version so far fell below the baseline: the commands then name the challenger
-    alias = "champion" if "champion" in train.result["registry"].get("aliases", {}) else "challenger"
-    print("\nNext:")
-    print(f"   mlflow ui --backend-store-uri {uri} --port 5000      # then open {page}")
-    print(f"   vivit predict VIDEO.mp4 --model models:/{cfg.mlflow.model_name}@{alias} --tracking-uri {uri}")
-    print(f"   mlflow models serve -m models:/{cfg.mlflow.model_name}@{alias} --env-manager local --port 5001"
-          f"   # with MLFLOW_TRACKING_URI={uri}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,14 +220,14 @@ def _main(args) -> int:
             return EXIT_USAGE
     from tasks.lib.errors import StageFailed
 
-    with _quiet_expected_tracebacks(args.debug), own_prefect_server():
+    with quiet_expected_tracebacks(args.debug), own_prefect_server():
         try:
             summaries, failure = _run_stage(args.command, cfg, args), None
         except StageFailed as e:
             summaries, failure = e.summaries, e
     for s in summaries:
         print_summary(s)
-    _next_steps(cfg, summaries)
+    next_steps(cfg, summaries)
     if failure is not None:
         return EXIT_USAGE if failure.user_error else EXIT_STAGE_FAILED
     return EXIT_OK
@@ -293,163 +261,6 @@ def _ddp_spec(cfg, args) -> int:
     return EXIT_OK
 
 
-@contextlib.contextmanager
-def _quiet_expected_tracebacks(debug: bool):
-    """Prefect logs every failed flow/task run with its traceback. For failures that already have their one
-    line (a failed stage, a user error, an unreachable store, a full disk) that is 20-30 lines of noise, so
-    without ``--debug`` the traceback is dropped from those records (the message line stays)."""
-    if debug:
-        yield
-        return
-    import logging
-
-    from prefect.logging.configuration import setup_logging
-
-    from tasks.lib.errors import ServiceUnavailable, StageFailed, UserError, is_disk_full
-
-    def expected(exc: BaseException) -> bool:
-        if isinstance(exc, (StageFailed, UserError, ServiceUnavailable)) or is_disk_full(exc):
-            return True
-        from tasks.tracking import is_store_down  # only reached once mlflow is imported anyway
-
-        return is_store_down(exc)
-
-    class Quiet(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            exc = record.exc_info[1] if record.exc_info else None
-            if exc is not None and expected(exc):
-                record.exc_info, record.exc_text = None, None
-            return True
-
-    setup_logging()
-    quiet = Quiet()
-    handlers = {h for name in ["", *logging.root.manager.loggerDict] for h in logging.getLogger(name).handlers
-                if isinstance(getattr(logging.getLogger(name), "handlers", None), list)}
-    for h in handlers:
-        h.addFilter(quiet)
-    for noisy in ("urllib3", "urllib3.connectionpool"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            h.removeFilter(quiet)
-
-
-def _drain_prefect_workers() -> None:
-    import inspect
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    async def drain() -> None:
-        try:
-            result = APILogWorker.instance().drain()
-            if inspect.isawaitable(result):
-                await result
-        except RuntimeError:  # never started
-            pass
-        result = EventsWorker.drain_all()
-        if inspect.isawaitable(result):
-            await result
-
-    try:
-        run_coro_as_sync(drain())
-    except Exception:  # noqa: BLE001 - a log line lost at exit is not worth a traceback
-        pass
-
-
-def temporary_server_settings(api_url: str | None = None) -> dict:
-    """Prefect settings for flows that report to a server living only as long as this command (``vivit``'s own,
-    a benchmark's, the tests'). No flow-run heartbeats: they let a server notice later that a run crashed, which a
-    server that dies with the run never does, and Prefect 3.8.8's heartbeat thread sleeps in whole seconds, so
-    every flow run waited for it at its end (an empty flow run took 1.1 s, 0.1 s without). Against a real server
-    (``PREFECT_API_URL``, deployments run by a worker) Prefect's own setting applies."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY
-
-    return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, **({PREFECT_API_URL: api_url} if api_url else {})}
-
-
-# own_prefect_server gives the temporary server the parent-death signal by wrapping the ``subprocess`` module that
-# Prefect's server module starts it with: an internal, read in these Prefect releases only (pinned in pyproject).
-PREFECT_SERVER_TESTED = ("3.8.",)
-
-
-def server_popen_problem(prefect_server) -> str | None:
-    """None when this Prefect's server module is the one the wrapper was written for, else why not."""
-    import subprocess
-
-    import prefect
-
-    if not prefect.__version__.startswith(PREFECT_SERVER_TESTED):
-        return f"Prefect {prefect.__version__} is not a tested release ({', '.join(PREFECT_SERVER_TESTED)}x)"
-    if getattr(prefect_server, "subprocess", None) is not subprocess or not hasattr(prefect_server,
-                                                                                   "SubprocessASGIServer"):
-        return f"Prefect {prefect.__version__} starts its server differently"
-    return None
-
-
-@contextlib.contextmanager
-def own_prefect_server():
-    """Without ``PREFECT_API_URL`` the flows need a temporary Prefect server. Prefect starts one itself, but it
-    outlived a kill -9 of ``vivit`` in 26 of 32 trials. So the command starts it, from the main thread, as a
-    child that the kernel kills when this process dies (``tasks.lib.procs``), stops it on exit, and turns
-    SIGTERM into a normal exit (which stops it too). On an untested Prefect it warns and starts the server
-    without that signal (:func:`server_popen_problem`)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):
-        raise SystemExit(128 + signum)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_term)
-    try:
-        if PREFECT_API_URL.value() or threading.current_thread() is not threading.main_thread():
-            yield None
-            return
-        from prefect.server.api import server as prefect_server
-
-        from tasks.lib.procs import die_with_parent_kwargs
-
-        problem = server_popen_problem(prefect_server)
-        if problem:
-            print(f"vivit: warning: {problem}, so its temporary Prefect server may outlive a killed vivit "
-                  "(PREFECT_API_URL pointing at a server of your own avoids that)", file=sys.stderr)
-        if not hasattr(prefect_server, "SubprocessASGIServer"):  # Prefect starts its own when a flow runs
-            yield None
-            return
-        real = getattr(prefect_server, "subprocess", None)
-
-        class _Subprocess:
-            def __getattr__(self, name):
-                return getattr(real, name)
-
-            @staticmethod
-            def Popen(*a, **kw):  # noqa: N802 - stands in for subprocess.Popen
-                return real.Popen(*a, **{**die_with_parent_kwargs(), **kw})
-
-        if not problem:
-            prefect_server.subprocess = _Subprocess()
-        server = prefect_server.SubprocessASGIServer()
-        try:
-            server.start()
-            with temporary_settings(temporary_server_settings(server.api_url)):
-                try:
-                    yield server
-                finally:
-                    _drain_prefect_workers()  # logs and events still queued go out before the server stops
-        finally:
-            server.stop()
-            if not problem:
-                prefect_server.subprocess = real
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
-
-
 def _predict(cfg, args) -> int:
     from tasks import tracking
     from tasks.lib.predicting import ResultWriter, expand_inputs, stream_predictions
@@ -472,7 +283,7 @@ def _predict(cfg, args) -> int:
         print(f"vivit: {e}", file=sys.stderr)
         return EXIT_USAGE
     items = list(expand_inputs(args.videos))
-    bar = _progress_bar(len(items))
+    bar = progress_bar(len(items))
     failed = done = 0
     ok = False
     try:
@@ -493,27 +304,6 @@ def _predict(cfg, args) -> int:
     if writer:
         print(f"wrote {args.output}: {done} videos, {failed} failed", file=sys.stderr)
     return EXIT_STAGE_FAILED if failed else EXIT_OK
-
-
-def _progress_bar(total: int):
-    """A bar on stderr when it is a terminal (stdout stays clean JSON lines); nothing otherwise."""
-    if not sys.stderr.isatty() or total == 0:
-        return lambda done: None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True)
-    progress.start()
-    task = progress.add_task("predict", total=total)
-
-    def update(done: int | None) -> None:
-        if done is None:
-            progress.stop()
-        else:
-            progress.update(task, completed=done)
-
-    return update
 
 
 if __name__ == "__main__":

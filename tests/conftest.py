@@ -26,7 +26,7 @@ def prefect_harness():
     from prefect.settings import temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.cli import temporary_server_settings
+    from flows.server import temporary_server_settings
 
     with prefect_test_harness(server_startup_timeout=180), temporary_settings(temporary_server_settings()):
         yield

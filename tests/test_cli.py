@@ -110,7 +110,7 @@ def test_flows_on_a_temporary_server_send_no_heartbeats():
     up to 1 s at the end (Prefect 3.8.8), so vivit's own server (and the tests' and benchmarks') runs without."""
     from prefect.settings import get_current_settings, temporary_settings
 
-    from flows.cli import temporary_server_settings
+    from flows.server import temporary_server_settings
 
     with temporary_settings(temporary_server_settings("http://127.0.0.1:9/api")):
         settings = get_current_settings()

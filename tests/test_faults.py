@@ -317,7 +317,7 @@ import httpx
 import flows, prefect
 prefect.__version__ = "9.9.9"  # a Prefect whose server internals were never read
 from prefect.server.api import server as prefect_server
-from flows.cli import own_prefect_server
+from flows.server import own_prefect_server
 with own_prefect_server() as server:
     assert prefect_server.subprocess is subprocess  # nothing wrapped
     print(httpx.get(server.api_url + "/health").status_code, server.server_process.pid, flush=True)
@@ -326,10 +326,10 @@ with own_prefect_server() as server:
 
 @pytest.mark.slow
 def test_an_untested_prefect_gets_an_unwrapped_temporary_server_and_a_warning():
-    """The fence around the one Prefect internal ``vivit`` wraps (``flows/cli.py`` ``server_popen_problem``)."""
+    """The fence around the one Prefect internal ``vivit`` wraps (``flows/server.py`` ``server_popen_problem``)."""
     import types
 
-    from flows.cli import server_popen_problem
+    from flows.server import server_popen_problem
 
     assert "starts its server differently" in server_popen_problem(types.SimpleNamespace())
     env = {k: v for k, v in ENV.items() if k != "PREFECT_API_URL"}
