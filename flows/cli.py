@@ -135,6 +135,20 @@ def _run_stage(name: str, cfg, args) -> list[StageResult]:
     return [STAGES[name](cfg.stage(name), force=args.force)]
 
 
+def _missing_input(cfg, args) -> str | None:
+    """The one line for a stage (or ``vivit run``'s first stage) started without what the stage before it writes,
+    found before the Prefect server starts."""
+    from tasks.guards import missing_stage_input
+
+    if args.command == "run":
+        from flows.pipeline import select_stages
+
+        first = select_stages(args.pipeline["stages"], args.pipeline["start"])[0]
+    else:
+        first = args.command
+    return missing_stage_input(first, cfg.stage(first))
+
+
 def _pipeline_args(args) -> dict:
     """``vivit run``'s ``--stages``, ``--from`` and ``--force`` as the pipeline flow's parameters; ValueError
     naming an unknown stage."""
@@ -218,6 +232,10 @@ def _main(args) -> int:
         except ValueError as e:
             print(f"vivit: {e}", file=sys.stderr)
             return EXIT_USAGE
+    problem = _missing_input(cfg, args)
+    if problem:
+        print(f"vivit: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     from tasks.lib.errors import StageFailed
 
     with quiet_expected_tracebacks(args.debug), own_prefect_server():
@@ -242,10 +260,7 @@ def _ddp_spec(cfg, args) -> int:
 
     try:
         plan = prepare_multinode(cfg.stage("train"), args.nnodes, args.nproc_per_node, args.rdzv_endpoint)
-    except DatasetMissingError as e:
-        print(f"vivit: {e}", file=sys.stderr)
-        return EXIT_STAGE_FAILED
-    except ValueError as e:
+    except (DatasetMissingError, ValueError) as e:  # no dataset yet, or a batch the processes cannot split
         print(f"vivit: {e}", file=sys.stderr)
         return EXIT_USAGE
     again = ["vivit", "train", *(["--config", str(args.config)] if args.config else []),

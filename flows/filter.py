@@ -35,7 +35,7 @@ def _filter(config: FilterStage, force: bool) -> StageResult:
         where = "reports/download.csv" if plan.source == "download.csv" else f"{config.raw_dir}/<class>/"
         raise StageFailed(failed_summary(
             "filter", f"no clips to check in {where} for classes {config.classes}: run `vivit download` first",
-            {"missing_files": len(plan.missing)}))
+            {"missing_files": len(plan.missing)}), user_error=True)
     rows = list(plan.reused)
     # threads: filter.workers clips at once; dask: one clip at a time per single-threaded worker process
     threads = config.filter.workers if config.cluster.engine == "threads" else 1

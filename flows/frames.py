@@ -39,7 +39,7 @@ def _frames(config: FramesStage, force: bool) -> StageResult:
     try:
         plan = plan_frames(config, force)
     except FilterReportMissing as e:
-        raise _failed(str(e)) from None
+        raise StageFailed(failed_summary("frames", str(e)), user_error=True) from None
     check_space_for_frames(config, len(plan.todo))
     for note in plan.notes:
         logger.info(note)

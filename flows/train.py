@@ -36,7 +36,7 @@ def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
     try:
         info = read_dataset_info(config.dataset_dir)
     except DatasetMissingError as e:
-        raise StageFailed(failed_summary("train", str(e))) from None
+        raise StageFailed(failed_summary("train", str(e)), user_error=True) from None
     key = train_key(config, info)
     res = None if force else find_reusable_run(config, key)
     if res:

@@ -26,6 +26,7 @@ from model import dataset as dataset_format
 from model.atomic import atomic_write_text
 from tasks.lib import filtering, leakage, reports, sampling
 from tasks.lib.config import FramesStage, normalise_split
+from tasks.lib.errors import UserError
 from tasks.lib.paths import UnsafePathError, label_slug, safe_join
 from tasks.lib.results import StageResult
 from tasks.lib.splits import SplitClip, assign_splits
@@ -33,8 +34,8 @@ from tasks.lib.splits import SplitClip, assign_splits
 FRAMES_REPORT_COLUMNS = ["clip_id", "label", "source_path", "status", "reason", "message", "frames_path"]
 
 
-class FilterReportMissing(FileNotFoundError):
-    """The filter stage has not run (no reports/filter.csv)."""
+class FilterReportMissing(UserError, FileNotFoundError):
+    """The filter stage has not run (no reports/filter.csv): run it (a user error, exit 2)."""
 
 
 @dataclass

@@ -59,3 +59,39 @@ def check_tracking_store(uri: str) -> None:
         raise StageFailed(failed_summary("train", str(e)), user_error=True) from None
     except ServiceUnavailable as e:
         raise StageFailed(failed_summary("train", str(e))) from None
+
+
+# what each stage reads, and the command that makes it: (path under data_dir, or None for the CSV, the maker)
+_INPUT_MAKERS = {"filter": "download", "frames": "filter", "train": "frames"}
+
+
+def missing_stage_input(stage: str, config) -> str | None:
+    """The one line for a stage started without what the stage before it writes (``vivit train`` on a data_dir
+    without a dataset), None when its input is there. Checked by the CLI before Prefect starts, so such a user
+    error costs no server start and shows no traceback; what is *in* the input the stage still judges itself."""
+    from pathlib import Path
+
+    from model.dataset import MANIFEST_NAME, META_NAME
+
+    data_dir = Path(config.data_dir)
+    maker = _INPUT_MAKERS.get(stage)
+    if stage == "download":
+        local = [a for a in config.annotations if "://" not in str(a)]
+        gone = [str(a) for a in local if not Path(a).is_file()]
+        return f"annotations file not found: {', '.join(gone)} (the config's `annotations`)" if gone else None
+    if stage == "filter":
+        if (config.reports_dir / "download.csv").is_file() or config.raw_dir.is_dir():
+            return None
+        what = f"no {config.reports_dir / 'download.csv'} and no {config.raw_dir}/"
+    elif stage == "frames":
+        if (config.reports_dir / "filter.csv").is_file():
+            return None
+        what = f"no {config.reports_dir / 'filter.csv'}"
+    elif stage == "train":
+        if (config.dataset_dir / MANIFEST_NAME).is_file() and (config.dataset_dir / META_NAME).is_file():
+            return None
+        what = f"no dataset in {config.dataset_dir}"
+    else:
+        return None
+    return (f"{what} (data_dir {data_dir}): run `vivit {maker}` with the same --config first, "
+            f"or `vivit run` for the whole pipeline")

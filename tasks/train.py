@@ -21,10 +21,11 @@ from model.options import stable_hash
 from tasks import tracking
 from tasks.lib import plots
 from tasks.lib.config import TrainStage
+from tasks.lib.errors import UserError
 
 
-class DatasetMissingError(FileNotFoundError):
-    """The frames stage has not produced a (usable) dataset yet."""
+class DatasetMissingError(UserError, FileNotFoundError):
+    """The frames stage has not produced a (usable) dataset yet: run it (a user error, exit 2)."""
 
 
 @task(name="read-dataset-info", cache_policy=NO_CACHE)

@@ -199,7 +199,7 @@ def test_a_training_on_several_machines_is_prepared_run_by_torchrun_and_register
     from mlflow import MlflowClient
     from prefect.settings import PREFECT_API_URL
 
-    from flows.cli import EXIT_OK, EXIT_STAGE_FAILED, EXIT_USAGE, main
+    from flows.cli import EXIT_OK, EXIT_USAGE, main
 
     root = Path(__file__).resolve().parents[1]
     shutil.copytree(ds, tmp_path / "data" / "dataset")
@@ -211,7 +211,7 @@ def test_a_training_on_several_machines_is_prepared_run_by_torchrun_and_register
     args = [x for s in sets for x in ("--set", s)]
 
     assert main(["ddp-spec", "--set", f"data_dir={tmp_path / 'none'}", "--nnodes", "1", "--nproc-per-node", "2"]) \
-        == EXIT_STAGE_FAILED
+        == EXIT_USAGE
     assert "has no manifest.parquet + dataset.json: run the frames stage first" in capsys.readouterr().err
     assert main(["ddp-spec", *args, "--nnodes", "2", "--nproc-per-node", "3"]) == EXIT_USAGE  # 4 clips, 6 ranks
     assert "train.batch_size=4 must be a multiple of the 6 processes (2 node(s) x 3)" in capsys.readouterr().err
