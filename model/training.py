@@ -485,8 +485,9 @@ def fit(dataset: Path | DatasetInfo, options: TrainOptions, *, seed: int = 0, wo
     """Train ``options.model`` on ``dataset`` (its folder, or the :class:`DatasetInfo` a caller has read; split
     ``train``), select on the smoothed ``val`` macro F1,
     evaluate the best weights on ``test``; checkpoints under ``work_dir``. See the module docstring.
-    With ``processes > 1`` it launches torchrun and returns what rank 0 trained; inside torchrun it returns None
-    (the launcher evaluates)."""
+    With ``processes > 1`` it launches torchrun, waits for the ranks, then evaluates what they trained here
+    (:func:`collect`); inside torchrun (``model/ddp_rank.py``) a rank returns None, because evaluating belongs to
+    the process that launched it."""
     if options.processes > 1 and not ddp.in_torchrun():
         info = _dataset_info(dataset)
         ddp.launch(info.path, options, device=resolve_device(options.device), seed=seed, work_dir=work_dir,

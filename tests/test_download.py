@@ -360,6 +360,34 @@ def test_a_yt_dlp_without_the_popen_it_had_still_downloads_and_warns_once(server
     assert procs.patch_ytdlp_popen() is not None  # the reason stays known (vivit doctor shows it)
 
 
+
+def test_a_yt_dlp_without_its_ffmpeg_location_variable_still_trims_and_warns_once(server, tmp_path, monkeypatch,
+                                                                                  caplog):
+    """The fence around the other yt-dlp internal (tasks/lib/download/ytdlp.py ``_set_ffmpeg_for_sections``): with
+    no ffmpeg on PATH and no ``FFmpegPostProcessor._ffmpeg_location``, clips still come out at their exact window
+    (downloaded whole, cut afterwards), and the reason is logged once."""
+    import contextvars
+    import logging
+
+    from tasks.lib.download import ytdlp
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ffmpeg-here"))
+    # the name is looked up where yt-dlp keeps it: a missing one is a yt-dlp that renamed or dropped it (deleting
+    # the real one would break yt-dlp's own postprocessors, which read it too)
+    monkeypatch.setattr(ytdlp, "_LOCATION_VAR", "_ffmpeg_location_renamed")
+    monkeypatch.setattr(ytdlp, "_sections_warned", [])
+    fresh = contextvars.Context()  # as a new worker thread: no earlier test's value for yt-dlp's variable
+    with caplog.at_level(logging.WARNING, logger="tasks.lib.download.ytdlp"):
+        first = fresh.run(dl.download_clip, clip(start=2.0, end=5.0), tmp_path, server.template(), cfg())
+        second = fresh.run(dl.download_clip, clip("vid00000002", start=1.0, end=3.0), tmp_path, server.template(),
+                           cfg())
+    assert (first.status, second.status) == ("downloaded", "downloaded"), (first.message, second.message)
+    assert_exact_window(tmp_path / first.path, 2.0, 5.0)
+    assert_exact_window(tmp_path / second.path, 1.0, 3.0)
+    warned = [r.getMessage() for r in caplog.records if r.name == "tasks.lib.download.ytdlp"]
+    assert len(warned) == 1 and "_ffmpeg_location_renamed" in warned[0] and "downloaded whole" in warned[0], warned
+
+
 # -- the Prefect flow --------------------------------------------------------------------------------------
 def _flow_config(tmp_path: Path, server, csv_text: str, **kw) -> PipelineConfig:
     ann = tmp_path / "ann.csv"

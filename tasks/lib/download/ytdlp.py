@@ -2,6 +2,8 @@
 real ``YoutubeDL`` call users run against YouTube."""
 from __future__ import annotations
 
+import contextvars
+import logging
 import os
 import re
 import shutil
@@ -15,6 +17,8 @@ from tasks.lib.procs import patch_ytdlp_popen
 from tasks.lib.media import ffmpeg_exe
 from tasks.lib.download.errors import (DownloadFailure, CANNOT_SECTION_RE, CannotSection, classify_error, clean_message,
                                        too_old_hint)
+
+log = logging.getLogger(__name__)
 
 
 # Video-only first (no audio needed), never taller than max_height when anything that small exists; unknown
@@ -152,17 +156,45 @@ def check_options(cfg: DownloadConfig) -> None:
 
 
 # -- the one real yt-dlp call --------------------------------------------------------------------------------
-def _set_ffmpeg_for_sections(ffmpeg: str) -> None:
+def _set_ffmpeg_for_sections(ffmpeg: str) -> str | None:
     """yt-dlp decides whether ffmpeg can cut sections with ``FFmpegFD.available()``, which ignores the
     ``ffmpeg_location`` parameter and reads a context variable that only its CLI sets; without this a machine
     whose ffmpeg is not on PATH (the imageio-ffmpeg binary) would never get a trimmed download. Context
-    variables are per thread/task, so this is set in the worker itself."""
+    variables are per thread/task, so this is set in the worker itself.
+
+    The variable is yt-dlp's private attribute, so it is fenced: when ``ffmpeg`` is what PATH finds anyway,
+    nothing is touched; when the attribute is gone or changed shape (a newer yt-dlp), a warning says so once and
+    sections fall back to whole downloads cut afterwards. Returns why it could not be set, else None."""
+    found = shutil.which("ffmpeg")
+    if found and os.path.realpath(found) == os.path.realpath(ffmpeg):
+        return None  # the public route: yt-dlp finds it on PATH
     try:
         from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
+    except ImportError as e:  # pragma: no cover - yt-dlp is a dependency
+        problem = f"cannot import yt-dlp's ffmpeg postprocessor ({e})"
+    else:
+        var = getattr(FFmpegPostProcessor, _LOCATION_VAR, None)
+        if isinstance(var, contextvars.ContextVar):
+            var.set(ffmpeg)
+            return None
+        problem = f"yt-dlp {_ytdlp_version()} has no FFmpegPostProcessor.{_LOCATION_VAR} context variable"
+    if not _sections_warned:
+        _sections_warned.append(problem)
+        log.warning("%s: yt-dlp cannot cut sections with %s (not on PATH), so clips are downloaded whole and "
+                    "trimmed afterwards (put ffmpeg on PATH, or pin the tested yt-dlp)", problem, ffmpeg)
+    return problem
 
-        FFmpegPostProcessor._ffmpeg_location.set(ffmpeg)
-    except (ImportError, AttributeError):  # pragma: no cover - a future yt-dlp; the fallback path still works
-        pass
+
+def _ytdlp_version() -> str:
+    try:
+        from yt_dlp.version import __version__
+    except ImportError:  # pragma: no cover
+        return "?"
+    return __version__
+
+
+_LOCATION_VAR = "_ffmpeg_location"  # the private name the fence looks for (tests point it elsewhere)
+_sections_warned: list[str] = []  # the one warning per process, and its reason
 
 
 def _failure(reason: str, msg: str) -> DownloadFailure:
