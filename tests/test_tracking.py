@@ -208,3 +208,39 @@ def test_logging_a_run_says_nothing_about_nothing(store, tmp_path, capfd):
     assert not [m for m in said if "dataset source" in m or "integer column" in m], said
     out = capfd.readouterr()
     assert "CloudPickle" not in out.err + out.out and "Downloading artifacts" not in out.err + out.out
+
+
+def test_every_registered_version_carries_its_model_card(tmp_path):
+    """The card (tasks/tracking/card.py) from what the train stage logs: classes, dataset fingerprint and clips per
+    split, the recipe, val/test scores with their intervals beside the baseline's, how to call it, and the champion
+    rule as the registry applies it; on both registered models, with the registered models' descriptions."""
+    from mlflow import MlflowClient
+
+    from tests.support.registry import CLASSES, register_trained, store_config
+
+    cfg = store_config(tmp_path / "store")
+    register_trained(cfg, score=0.8, baseline=0.6, test_f1=0.75)
+    under, _ = register_trained(cfg, score=0.5, baseline=0.6)
+    assert under.decision == "below_baseline"
+    client = MlflowClient()
+    for name in ("clf", "clf-video"):
+        v1 = client.get_model_version(name, "1")
+        text, tags = v1.description, v1.tags
+        assert all(f"`{c}`" in text for c in CLASSES) and "fp0123" in text and "train 30, val 12, test 12" in text
+        assert "Preset `frame-mlp`, input `diff (chosen by train.input auto on validation)`" in text
+        assert "| val smoothed macro F1 (champion score) | 0.800 |  | 0.600 |" in text
+        assert "| test macro F1 | 0.750 | [0.550, 0.850] | 0.550 |" in text
+        assert tracking.CHAMPION_RULE in text and "first_champion" in text
+        assert f"vivit predict clip.mp4 videos/ --model models:/clf/1 --tracking-uri {cfg.tracking_uri}" in text
+        assert "mlflow.pyfunc.load_model('models:/clf-video/1')" in text and "/invocations" in text
+        assert json.loads(tags["card.classes"]) == CLASSES and tags["card.dataset_fingerprint"] == "fp0123"
+        assert (tags["card.test_f1"], tags["card.test_f1_ci"], tags["card.baseline_val_f1"]) == \
+               ("0.7500", "[0.550, 0.850]", "0.6000")
+        v2 = client.get_model_version(name, "2")
+        assert "below_baseline" in v2.description and "below the baseline's 0.600" in v2.description
+        described = client.get_registered_model(name).description
+        assert tracking.CHAMPION_RULE in described and "`@champion` = v1" in described
+        assert "`@challenger` = v2" in described and "Latest version v2" in described
+    # the rule the card states is the one the registry applies
+    assert "strictly above the baseline's validation macro F1" in tracking.CHAMPION_RULE
+    assert tracking.SELECTION_METRIC in tracking.CHAMPION_RULE and tracking.BASELINE_METRIC in tracking.CHAMPION_RULE

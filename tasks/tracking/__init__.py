@@ -7,8 +7,9 @@ the batch size to 1 and wrote tens of MB of example JSON in a trial here, while 
 any working directory.
 
 One module per responsibility: :mod:`.store` (where the store is, its lock and health, experiments), :mod:`.runs`
-(metric names, the epoch callback, what a run logs), :mod:`.models` (logging and loading the pyfunc models) and
-:mod:`.registry` (versions, aliases, promotion, reuse of a finished run). Callers use the names re-exported here.
+(metric names, the epoch callback, what a run logs), :mod:`.models` (logging and loading the pyfunc models),
+:mod:`.registry` (versions, aliases, promotion, reuse of a finished run) and :mod:`.card` (the model card on every
+registered version). Callers use the names re-exported here.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tasks.tracking.registry import (  # noqa: E402
     BASELINE_METRIC,
     CHALLENGER,
     CHAMPION,
+    CHAMPION_RULE,
     SELECTION_METRIC,
     VIDEO_SUFFIX,
     Registration,
@@ -39,6 +41,7 @@ from tasks.tracking.registry import (  # noqa: E402
     promote,
     register_and_promote,
     run_score,
+    write_cards,
 )
 from tasks.tracking.runs import (  # noqa: E402
     OWNER_TAGS,
@@ -73,8 +76,8 @@ from tasks.tracking.store import (  # noqa: E402
 
 __all__ = [
     "REQUIREMENTS", "ClassifierPyfunc", "VideoPyfunc", "classifier_signature", "load_classifier", "log_classifier",
-    "video_signature", "BASELINE_METRIC", "CHALLENGER", "CHAMPION", "SELECTION_METRIC", "VIDEO_SUFFIX", "Registration", "aliases",
-    "default_model_uri", "find_reusable_run", "promote", "register_and_promote", "run_score", "OWNER_TAGS",
+    "video_signature", "BASELINE_METRIC", "CHALLENGER", "CHAMPION", "CHAMPION_RULE", "SELECTION_METRIC", "VIDEO_SUFFIX", "Registration", "aliases",
+    "default_model_uri", "find_reusable_run", "promote", "register_and_promote", "run_score", "write_cards", "OWNER_TAGS",
     "MlflowReporter", "code_version_tags", "flatten", "internal_metric_name", "log_artifacts", "log_config",
     "log_dataset", "log_dict", "log_metrics", "log_params", "metric_name", "owner_tags", "reap_dead_runs",
     "training_run", "DEFAULT_STORE", "check_store", "ensure_experiment", "experiment_id", "experiment_url",

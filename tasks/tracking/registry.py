@@ -9,6 +9,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from tasks.tracking.card import write_card
 from tasks.tracking.runs import internal_metric_name, metric_name, reap_dead_runs
 
 
@@ -52,6 +53,15 @@ def version_of_run(name: str, run_id: str) -> int | None:
 
 
 BASELINE_METRIC = "baseline/val_f1"  # the trivial reference's val macro F1 (tasks/lib/baseline.py), logged by the train stage
+
+# The rule as :func:`promote` applies it, in words: the model card (:mod:`.card`) and the docs quote it.
+CHAMPION_RULE = (
+    "Every registered version gets the alias `challenger`. The alias `champion` moves to a version only when its "
+    "smoothed validation macro F1 (`val/best_score`, the moving average that selected its epoch; the version tag "
+    f"`{SELECTION_METRIC}`) is strictly above the baseline's validation macro F1 (`{BASELINE_METRIC}`, a logistic "
+    "regression on the mean frame and motion energy fitted by the same training) and strictly above the current "
+    "champion's smoothed score (a tie keeps the incumbent). The video model's aliases follow the frames model's."
+)
 
 
 def below_baseline(score: float, baseline: float | None) -> str:
@@ -109,12 +119,22 @@ def promote(name: str, version: int, run_id: str, score: float, metric: str = SE
                 "registry.champion_version": champion_version, **({"registry.reason": reason} if reason else {})}
     for k, v in with_run.items():
         client.set_tag(run_id, k, str(v))
-    _register_video_model(run_id, f"{name}{VIDEO_SUFFIX}", promote=champion_version == version)
+    video_version = _register_video_model(run_id, f"{name}{VIDEO_SUFFIX}", promote=champion_version == version)
     client.log_metric(run_id, metric_name("challenger_score"), float(score))
     if incumbent_score is not None:
         client.log_metric(run_id, metric_name("incumbent_score"), float(incumbent_score))
+    write_cards(name, version, run_id, video_version)
     return Registration(name, version, champion_version, decision, float(score), incumbent_score, baseline,
                         reason if decision == "below_baseline" else "")
+
+
+def write_cards(name: str, version: int, run_id: str, video_version: int | None = None) -> None:
+    """The model card (:mod:`.card`) on the version and on its video twin, and both registered models' descriptions,
+    after the decision is on the run."""
+    rule = {"rule": CHAMPION_RULE, "video_suffix": VIDEO_SUFFIX, "champion": CHAMPION}
+    write_card(name, version, run_id, **rule)
+    if video_version is not None:
+        write_card(f"{name}{VIDEO_SUFFIX}", video_version, run_id, **rule)
 
 
 VIDEO_SUFFIX = "-video"
