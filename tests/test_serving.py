@@ -124,6 +124,7 @@ def test_video_pyfunc_samples_like_training(registered, monkeypatch):
     import mlflow.pyfunc
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    monkeypatch.setenv("VIVIT_SERVE_ROOT", str(registered["dir"]))  # paths are read only under a configured root
     assert tracking.aliases("clf-video") == {"champion": 1, "challenger": 1}
     model = mlflow.pyfunc.load_model("models:/clf-video@champion")
     v0, v1 = registered["videos"][:2]
@@ -133,11 +134,53 @@ def test_video_pyfunc_samples_like_training(registered, monkeypatch):
                                       "content": [None, v1.read_bytes(), None]}))
     assert list(out.columns) == ["label", "error", *CLASSES] and len(out) == 3
     frames = np.stack([sample_clip(v, T, S) for v in (v0, v1)])
-    np.testing.assert_allclose(out.loc[:1, CLASSES].to_numpy(), _expected(registered["clf"], frames), atol=1e-5)
+    np.testing.assert_allclose(out.loc[:1, CLASSES].to_numpy(float), _expected(registered["clf"], frames), atol=1e-5)
     assert list(out.loc[:1, "error"]) == ["", ""] and out.loc[2, "error"].startswith("unreadable")
-    assert list(out.loc[:1, "label"]) == [CLASSES[i] for i in out.loc[:1, CLASSES].to_numpy().argmax(1)]
+    assert list(out.loc[2, CLASSES]) == [None] * len(CLASSES)  # null in JSON, not NaN
+    assert list(out.loc[:1, "label"]) == [CLASSES[i] for i in out.loc[:1, CLASSES].to_numpy(float).argmax(1)]
     only_paths = model.predict(pd.DataFrame({"path": [str(v0)]}))
-    np.testing.assert_allclose(only_paths[CLASSES].to_numpy(), out.loc[:0, CLASSES].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(only_paths[CLASSES].to_numpy(), out.loc[:0, CLASSES].to_numpy(float), atol=1e-6)
+
+
+def test_the_video_model_reads_request_content_only_by_default(registered, monkeypatch, tmp_path):
+    """Closed by default: without VIVIT_SERVE_ROOT a row naming a server path is refused without touching the
+    file; with it, only files that resolve inside the root are read (no '..', no absolute path outside, no
+    symlink out), and every refused or failed row serialises to strict JSON (null probabilities, not NaN)."""
+    import mlflow.pyfunc
+
+    monkeypatch.delenv("VIVIT_SERVE_ROOT", raising=False)
+    model = mlflow.pyfunc.load_model("models:/clf-video@champion")
+    v0 = registered["videos"][0]
+    out = model.predict(pd.DataFrame({"path": [str(v0), "/etc/passwd"]}))
+    assert all(e.startswith("path_refused: this server reads request content only") for e in out["error"])
+    assert out[CLASSES].isna().all().all() and list(out["label"]) == ["", ""]
+    rows = _strict_json(json.dumps(out.to_dict(orient="records")))  # what the REST server sends
+    assert all(r[c] is None for r in rows for c in CLASSES)
+    ok = model.predict(pd.DataFrame({"content": [v0.read_bytes()]}))
+    assert ok.loc[0, "error"] == "" and ok[CLASSES].dtypes.eq(np.float64).all()  # all good: plain float columns
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    inside = root / "sub" / "in.mp4"
+    inside.write_bytes(v0.read_bytes())
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(v0.read_bytes())
+    (root / "escape.mp4").symlink_to(outside)
+    (root / "escape_dir").symlink_to(tmp_path)
+    monkeypatch.setenv("VIVIT_SERVE_ROOT", str(root))
+    model = mlflow.pyfunc.load_model("models:/clf-video@champion")
+    asked = ["sub/in.mp4", str(inside), "../outside.mp4", "sub/../../outside.mp4", str(outside), "escape.mp4",
+             "escape_dir/outside.mp4", str(root / ".." / "outside.mp4"), ""]
+    out = model.predict(pd.DataFrame({"path": asked}))
+    assert list(out.loc[:1, "error"]) == ["", ""]
+    np.testing.assert_allclose(out.loc[0, CLASSES].to_numpy(float), out.loc[1, CLASSES].to_numpy(float))
+    assert all(e.startswith("path_refused") for e in out.loc[2:7, "error"]), list(out["error"])
+    assert out.loc[8, "error"].startswith("no input")
+    _strict_json(json.dumps(out.to_dict(orient="records")))
+    # the model config at load time configures the root too (Python users: mlflow.pyfunc.load_model(model_config=))
+    monkeypatch.delenv("VIVIT_SERVE_ROOT")
+    model = mlflow.pyfunc.load_model("models:/clf-video@champion", model_config={"serve_root": str(root)})
+    assert model.predict(pd.DataFrame({"path": ["sub/in.mp4"]})).loc[0, "error"] == ""
 
 
 # Loads both registered models and predicts, as a container would: the project is not installed (the editable
@@ -181,7 +224,7 @@ def test_a_registered_model_serves_without_prefect(registered, tmp_path):
     video = registered["videos"][1]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     env |= {"PYTHONPATH": str(blocked), "MLFLOW_TRACKING_URI": registered["cfg"].tracking_uri,
-            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "VIVIT_SERVE_ROOT": str(video.parent)}
     proc = subprocess.run([sys.executable, "-c", _CONTAINER, str(tmp_path / "frames.npy"), str(video)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -203,10 +246,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _strict_json(text: str | bytes):
+    """JSON as a browser parses it: ``NaN`` / ``Infinity`` are not JSON."""
+    def refuse(token: str):
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
 def _post(url: str, payload: dict) -> dict:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=300) as resp:
-        return json.loads(resp.read())
+        return _strict_json(resp.read())
 
 
 def _serve(model_uri: str, tracking_uri: str, log: Path):
@@ -247,14 +297,19 @@ def test_mlflow_models_serve_answers_real_requests(registered):
     video = registered["videos"][2]
     proc, base = _serve("models:/clf-video@champion", uri, d / "serve-video.log")
     try:
-        body = {"dataframe_split": {"columns": ["content"], "data": [[base64.b64encode(video.read_bytes()).decode()]]}}
-        [row] = _post(f"{base}/invocations", body)["predictions"]
+        body = {"dataframe_split": {"columns": ["content", "path"], "data": [
+            [base64.b64encode(video.read_bytes()).decode(), None],
+            [base64.b64encode(b"<html>not a video</html>").decode(), None],
+            [None, str(video)]]}}  # no VIVIT_SERVE_ROOT: a server path is refused, whatever it names
+        row, bad, path = _post(f"{base}/invocations", body)["predictions"]  # strict JSON: NaN would raise
     finally:
         proc.terminate()
         proc.wait(30)
     want = _expected(registered["clf"], sample_clip(video, T, S)[None])[0]
     assert row["error"] == "" and row["label"] == CLASSES[int(want.argmax())]
     np.testing.assert_allclose([row[c] for c in CLASSES], want, atol=1e-5)
+    assert bad["error"].startswith("unreadable") and all(bad[c] is None for c in CLASSES)
+    assert path["error"].startswith("path_refused") and all(path[c] is None for c in CLASSES)
 
 
 def _vivit(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

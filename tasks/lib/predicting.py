@@ -114,6 +114,34 @@ def expand_inputs(args: Iterable[str], *, _in_list: bool = False) -> Iterator[It
             yield Item(arg, "file not found")
 
 
+# -- paths a client names (the served video model) --------------------------------------------------------------
+SERVE_ROOT_ENV = "VIVIT_SERVE_ROOT"
+
+
+def serve_root(configured: str | os.PathLike | None = None) -> Path | None:
+    """The one folder whose files a served video model may read when a client names a ``path``: ``configured`` (the
+    model config's ``serve_root``), else ``$VIVIT_SERVE_ROOT``; None (the default) when neither is set: the server
+    then reads request ``content`` only."""
+    value = configured if configured not in (None, "") else os.environ.get(SERVE_ROOT_ENV, "")
+    return Path(value).expanduser().resolve() if str(value).strip() else None
+
+
+def confined_item(path: str, root: Path | None) -> Item:
+    """A client-named ``path`` as an :class:`Item`: refused (``error`` set, nothing read or probed) unless reading
+    paths is switched on and the path, relative to ``root`` or absolute, resolves (symlinks followed) to a file inside
+    ``root``. ``..`` is refused outright, so no answer tells whether something outside exists."""
+    if root is None:
+        return Item(path, f"path_refused: this server reads request content only; send the file's bytes as "
+                          f"`content`, or start it with {SERVE_ROOT_ENV}=DIR to allow paths under DIR")
+    given = Path(path)
+    if not str(path).strip() or ".." in given.parts:
+        return Item(path, f"path_refused: a path must name a file under {SERVE_ROOT_ENV} without '..'")
+    resolved = (given if given.is_absolute() else root / given).resolve()
+    if not resolved.is_relative_to(root):
+        return Item(path, f"path_refused: not under {SERVE_ROOT_ENV}")
+    return Item(str(resolved))
+
+
 # -- which frames -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Segment:

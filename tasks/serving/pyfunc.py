@@ -10,7 +10,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 import numpy as np
 
-from tasks.lib.predicting import classify_videos
+from tasks.lib.predicting import Item, classify_videos, confined_item, serve_root
 
 CLASSIFIER_ARTIFACT = "classifier"  # the weights-only file (model/checkpoint.py save_classifier) in both models
 
@@ -27,8 +27,9 @@ def classifier_signature(num_frames: int, size: int, classes: list[str] | int) -
 
 
 def video_signature(classes: list[str]) -> ModelSignature:
-    """Video files in (a ``path`` on the server's disk, or the file's ``content``: base64 in JSON), the label, the
-    error (empty when none) and one probability column per class out."""
+    """Video files in (the file's ``content``: base64 in JSON; or a ``path`` on the server's disk, read only under
+    a configured root), the label, the error (empty when none) and one probability column per class out (null
+    for a row with an error)."""
     return ModelSignature(
         inputs=Schema([ColSpec("string", "path", required=False), ColSpec("binary", "content", required=False)]),
         outputs=Schema([ColSpec("string", "label"), ColSpec("string", "error"), *(ColSpec("double", c) for c in classes)]),
@@ -77,26 +78,42 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
 
 
 class VideoPyfunc(ClassifierPyfunc):
-    """Videos in (``path`` or ``content`` column), frames sampled exactly as the frames stage does (and checked as
-    the filter stage does), label + per-class probabilities out; a bad video gives a row with ``error`` set."""
+    """Videos in, frames sampled exactly as the frames stage does (and checked as the filter stage does), label +
+    per-class probabilities out; a bad video gives a row with ``error`` set and null probabilities.
+
+    Closed by default: a row's ``content`` (the file's bytes) is what is classified. A ``path`` is read on the
+    server's disk only when a root is configured (``$VIVIT_SERVE_ROOT``, or ``serve_root`` in the model config
+    at load time) and only inside it (:func:`tasks.lib.predicting.confined_item`); otherwise its row is an error."""
+
+    root: Path | None = None
+
+    def load_context(self, context) -> None:  # noqa: ANN001 - pyfunc's interface
+        super().load_context(context)
+        self.root = serve_root((getattr(context, "model_config", None) or {}).get("serve_root"))
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001
         import pandas as pd
 
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         classes = list(self.classifier.classes)
+        root = self.root if self.root is not None else serve_root()
         with tempfile.TemporaryDirectory(prefix="vivit-serve-") as tmp:
-            paths = []
+            items = []
             for i, row in enumerate(df.to_dict("records")):
                 content, path = row.get("content"), row.get("path")
                 if content is not None and not (isinstance(content, float) and np.isnan(content)):
                     dest = Path(tmp) / f"video{i}"
                     dest.write_bytes(bytes(content))
-                    paths.append(str(dest))
+                    items.append(Item(str(dest)))
+                elif path is None or (isinstance(path, float) and np.isnan(path)) or not str(path).strip():
+                    items.append(Item("", "no input: the row has neither `content` nor `path`"))
                 else:
-                    paths.append("" if path is None or (isinstance(path, float) and np.isnan(path)) else str(path))
-            results = classify_videos(self.classifier, paths)
+                    items.append(confined_item(str(path), root))
+            results = classify_videos(self.classifier, items)
         rows = [{"label": r.get("label", ""), "error": r.get("error", ""),
-                 **{c: float(r["probabilities"][c]) if "probabilities" in r else float("nan") for c in classes}}
+                 **{c: float(r["probabilities"][c]) if "probabilities" in r else None for c in classes}}
                 for r in results]
-        return pd.DataFrame(rows, columns=["label", "error", *classes])
+        out = pd.DataFrame(rows, columns=["label", "error", *classes])
+        if out[classes].isna().any().any():  # JSON has no NaN: an error row's probabilities are null
+            out[classes] = out[classes].astype(object).where(out[classes].notna(), None)
+        return out

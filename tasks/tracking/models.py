@@ -78,7 +78,10 @@ def log_classifier(classifier, *, metadata: dict[str, Any]) -> str:
             signature=classifier_signature(metadata["num_frames"], metadata["image_size"], classes), **both)
         mlflow.pyfunc.log_model(
             name="video_model", python_model=str(here / "served_video.py"), signature=video_signature(classes),
-            metadata={**metadata, "input": "video files: path or content (bytes)"}, **both)
+            metadata={**metadata, "input": "video files: content (bytes); path only under VIVIT_SERVE_ROOT"},
+            # "" = read request content only; load_model(..., model_config={"serve_root": DIR}) or $VIVIT_SERVE_ROOT
+            # opens paths under DIR (tasks/serving/pyfunc.py VideoPyfunc)
+            model_config={"serve_root": ""}, **both)
     return info.model_uri
 
 
