@@ -297,11 +297,12 @@ def test_mlflow_models_serve_answers_real_requests(registered):
     video = registered["videos"][2]
     proc, base = _serve("models:/clf-video@champion", uri, d / "serve-video.log")
     try:
-        body = {"dataframe_split": {"columns": ["content", "path"], "data": [
-            [base64.b64encode(video.read_bytes()).decode(), None],
-            [base64.b64encode(b"<html>not a video</html>").decode(), None],
-            [None, str(video)]]}}  # no VIVIT_SERVE_ROOT: a server path is refused, whatever it names
-        row, bad, path = _post(f"{base}/invocations", body)["predictions"]  # strict JSON: NaN would raise
+        body = {"dataframe_split": {"columns": ["content"], "data": [
+            [base64.b64encode(video.read_bytes()).decode()], [base64.b64encode(b"<html>not a video</html>").decode()]]}}
+        row, bad = _post(f"{base}/invocations", body)["predictions"]  # strict JSON: NaN would raise
+        # no VIVIT_SERVE_ROOT: a server path is refused, whatever it names
+        body = {"dataframe_split": {"columns": ["path"], "data": [[str(video)]]}}
+        [path] = _post(f"{base}/invocations", body)["predictions"]
     finally:
         proc.terminate()
         proc.wait(30)
