@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import flows  # noqa: F401  -- sets the embedded Prefect defaults before prefect is imported
+from flows import model_commands
 from flows.server import own_prefect_server
 from flows.terminal import next_steps, print_summary, progress_bar, quiet_expected_tracebacks
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list model presets with parameters and forward GFLOPs per view of --config's "
                                         "clips (train.view_frames positions at frames.size)")
     _config_args(p)
+    model_commands.add_parsers(sub)  # evaluate, runs, models, export
     return ap
 
 
@@ -220,6 +222,8 @@ def _main(args) -> int:
         return doctor(cfg)
     if args.command == "presets":
         return _presets(cfg)
+    if args.command in model_commands.COMMANDS:
+        return model_commands.run(cfg, args)
     if args.command == "predict":
         return _predict(cfg, args)
     if args.command == "ddp-spec":

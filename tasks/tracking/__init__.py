@@ -8,8 +8,9 @@ any working directory.
 
 One module per responsibility: :mod:`.store` (where the store is, its lock and health, experiments), :mod:`.runs`
 (metric names, the epoch callback, what a run logs), :mod:`.models` (logging and loading the pyfunc models),
-:mod:`.registry` (versions, aliases, promotion, reuse of a finished run) and :mod:`.card` (the model card on every
-registered version). Callers use the names re-exported here.
+:mod:`.registry` (versions, aliases, promotion, reuse of a finished run), :mod:`.card` (the model card on every
+registered version), :mod:`.catalog` (reading the store for ``vivit runs`` / ``models``, resolving a model URI) and
+:mod:`.evaluations` (``vivit evaluate``'s run). Callers use the names re-exported here.
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 from tasks.serving import REQUIREMENTS  # noqa: E402
 from tasks.serving.pyfunc import ClassifierPyfunc, VideoPyfunc, classifier_signature, video_signature  # noqa: E402
-from tasks.tracking.models import load_classifier, log_classifier  # noqa: E402
+from tasks.tracking.catalog import EVALUATION_TAG, ModelRef, recent_runs, registered_models, resolve_model  # noqa: E402
+from tasks.tracking.evaluations import log_evaluation  # noqa: E402
+from tasks.tracking.models import load_classifier, log_classifier, pyfunc_probabilities  # noqa: E402
 from tasks.tracking.registry import (  # noqa: E402
     BASELINE_METRIC,
     CHALLENGER,
@@ -76,6 +79,8 @@ from tasks.tracking.store import (  # noqa: E402
 
 __all__ = [
     "REQUIREMENTS", "ClassifierPyfunc", "VideoPyfunc", "classifier_signature", "load_classifier", "log_classifier",
+    "pyfunc_probabilities", "EVALUATION_TAG", "ModelRef", "recent_runs", "registered_models", "resolve_model",
+    "log_evaluation",
     "video_signature", "BASELINE_METRIC", "CHALLENGER", "CHAMPION", "CHAMPION_RULE", "SELECTION_METRIC", "VIDEO_SUFFIX", "Registration", "aliases",
     "default_model_uri", "find_reusable_run", "promote", "register_and_promote", "run_score", "write_cards", "OWNER_TAGS",
     "MlflowReporter", "code_version_tags", "flatten", "internal_metric_name", "log_artifacts", "log_config",

@@ -101,3 +101,11 @@ def load_classifier(model_uri: str, tracking_uri: str | None = None):
     net.eval()
     return net
 
+
+
+def pyfunc_probabilities(model_uri: str, frames: Any):
+    """The registered frames model's answer through MLflow's pyfunc, as a ``(B, K)`` array: what an export is
+    checked against (``tasks/export.py``)."""
+    import numpy as np
+
+    return np.asarray(mlflow.pyfunc.load_model(model_uri).predict(frames), dtype=np.float64)
