@@ -57,8 +57,11 @@ class TokenEncoder(nn.Module):
         nn.init.trunc_normal_(self.cls, std=0.02)
 
     def tokens(self, maps: torch.Tensor) -> torch.Tensor:
-        """The map pooled to ``grid``, one token per position ``(B, N, C)``."""
-        maps = F.adaptive_avg_pool3d(maps.float(), self.grid)
+        """The map pooled to ``grid``, one token per position ``(B, N, C)``. A map already at ``grid`` (the network's
+        stem pools it there) is not pooled again: the same numbers, and a graph ONNX can express (model/export.py)."""
+        maps = maps.float()
+        if tuple(maps.shape[-3:]) != tuple(self.grid):
+            maps = F.adaptive_avg_pool3d(maps, self.grid)
         return rearrange(maps, "b c t h w -> b (t h w) c")
 
     def forward_features(self, maps: torch.Tensor) -> torch.Tensor:
