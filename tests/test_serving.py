@@ -19,22 +19,14 @@ import pytest
 from tasks import tracking
 from tasks.lib.config import MlflowConfig
 from tasks.lib.sampling import sample_clip
+from tests.support.registry import CLASSES, S, T, tiny_classifier
 from tests.support.videos import make_counter_video
 
 ROOT = Path(__file__).resolve().parents[1]
-T, S = 4, 32
-CLASSES = ["dribbling basketball", "dunking basketball", "shooting basketball"]
 
 
 def _classifier(seed: int = 0):
-    import torch
-
-    from model.predict import VideoClassifier
-    from model.presets import build_model
-
-    torch.manual_seed(seed)
-    net = build_model("frame-mlp", num_classes=len(CLASSES), num_frames=T, image_size=S)
-    return VideoClassifier(net, classes=CLASSES, num_frames=T, image_size=S)
+    return tiny_classifier(CLASSES, seed=seed, num_frames=T, size=S)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 
 from tasks import tracking
 from tasks.lib.config import MlflowConfig
+from tests.support.registry import tiny_classifier
 from tests.support.videos import make_counter_video
 
 T, S, K = 4, 32, 2
@@ -26,14 +27,7 @@ def store(tmp_path, monkeypatch):
 
 
 def _classifier(seed: int = 0):
-    import torch
-
-    from model.predict import VideoClassifier
-    from model.presets import build_model
-
-    torch.manual_seed(seed)
-    net = build_model("frame-mlp", num_classes=K, num_frames=T, image_size=S)
-    return VideoClassifier(net, classes=["dribbling basketball", "dunking basketball"], num_frames=T, image_size=S)
+    return tiny_classifier(["dribbling basketball", "dunking basketball"], seed=seed, num_frames=T, size=S)
 
 
 def _log_version(store: MlflowConfig, score: float, baseline: float | None = None) -> tracking.Registration:
