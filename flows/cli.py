@@ -7,7 +7,6 @@ whole failed: some clips failing is a normal, reported outcome.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -281,27 +280,45 @@ def _ddp_spec(cfg, args) -> int:
 
 
 def _predict(cfg, args) -> int:
-    from tasks import tracking
-    from tasks.lib.predicting import ResultWriter, expand_inputs, stream_predictions
+    """Everything the user named is checked (options, inputs, the store, the model's name) before the model loads,
+    which takes seconds; a mistake in any of them is one line and exit 2."""
+    from tasks.lib.predicting import ResultWriter, expand_inputs, json_line, stream_predictions
 
     if args.stride is not None and args.window is None:
         print("vivit: --stride needs --window", file=sys.stderr)
         return EXIT_USAGE
+    if args.output and args.output.suffix.lower() not in ResultWriter.SUFFIXES:
+        print(f"vivit: --output must end in .jsonl or .csv, got {args.output.name!r}", file=sys.stderr)
+        return EXIT_USAGE
+    items = list(expand_inputs(args.videos))
+    missing = [i for i in items if i.error]
+    if missing:
+        shown = "; ".join(f"{i.path or repr(i.path)}: {i.error}" for i in missing[:3])
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        print(f"vivit: nothing classified, {len(missing)} input(s) not found: {shown}{more}", file=sys.stderr)
+        return EXIT_USAGE
+    from tasks import tracking
+    from tasks.tracking.catalog import resolve_model
+
     uri = args.tracking_uri or tracking.resolve_tracking_uri(cfg.mlflow, create=False)
     tracking.require_existing_store(uri)  # a missing SQLite file would be created, empty
     try:
         tracking.use_store(cfg.mlflow.model_copy(update={"tracking_uri": uri}))
         model_uri = args.model or tracking.default_model_uri(cfg.mlflow.model_name, explicit=args.config is not None)
+        resolve_model(model_uri)  # a wrong name lists the registered models, before seconds of loading
+    except Exception as e:  # noqa: BLE001 - a UserError's line, or any other lookup failure, the same way
+        print(f"vivit: cannot load model {args.model or '(default)'} from {uri}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         classifier = tracking.load_classifier(model_uri, uri)
     except Exception as e:  # noqa: BLE001 - any load failure is reported the same way
-        print(f"vivit: cannot load model {args.model or '(default)'} from {uri}: {e}", file=sys.stderr)
+        print(f"vivit: cannot load model {model_uri} from {uri}: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
         writer = ResultWriter(args.output, classifier.classes, args.top_k) if args.output else None
     except ValueError as e:
         print(f"vivit: {e}", file=sys.stderr)
         return EXIT_USAGE
-    items = list(expand_inputs(args.videos))
     bar = progress_bar(len(items))
     failed = done = 0
     ok = False
@@ -313,7 +330,7 @@ def _predict(cfg, args) -> int:
             if writer:
                 writer.write(r)
             else:
-                print(json.dumps(r), flush=True)
+                print(json_line(r), flush=True)
             bar(done)
         ok = True
     finally:

@@ -117,3 +117,73 @@ def test_flows_on_a_temporary_server_send_no_heartbeats():
         assert settings.flows.heartbeat_frequency is None and settings.api.url == "http://127.0.0.1:9/api"
     with temporary_settings(temporary_server_settings()):
         assert get_current_settings().flows.heartbeat_frequency is None
+
+
+# The bad-input table of docs/failures.md: each mistake, the one line a user sees, exit 2, before any Prefect server
+# starts or any model loads. ``{d}`` is a fresh data_dir, ``{s}`` an MLflow store with models ``alpha`` and ``clf``.
+BAD_INPUT = [
+    ("download with a missing annotations file", ["download", "--set", "annotations={d}/nope.csv"],
+     "annotations file not found: {d}/nope.csv"),
+    ("filter before download", ["filter"], "no {d}/reports/download.csv and no {d}/raw/ (data_dir {d}): run "
+                                           "`vivit download` with the same --config first"),
+    ("frames before filter", ["frames"], "no {d}/reports/filter.csv (data_dir {d}): run `vivit filter`"),
+    ("train without a dataset", ["train"], "no dataset in {d}/dataset (data_dir {d}): run `vivit frames`"),
+    ("run from a stage whose input is missing", ["run", "--from", "train"], "no dataset in {d}/dataset"),
+    ("ddp-spec without a dataset", ["ddp-spec", "--nnodes", "1", "--nproc-per-node", "2"],
+     "has no manifest.parquet + dataset.json: run the frames stage first"),
+    ("predict a file that does not exist", ["predict", "{d}/nope.mp4", "--tracking-uri", "sqlite:///{d}/no.db"],
+     "nothing classified, 1 input(s) not found: {d}/nope.mp4: file not found"),
+    ("predict a glob that matches nothing", ["predict", "{d}/*.webm"], "{d}/*.webm: no file matches this pattern"),
+    ("predict with --stride but no --window", ["predict", "x.mp4", "--stride", "1"], "--stride needs --window"),
+    ("predict into a file that is not .jsonl/.csv", ["predict", "x.mp4", "-o", "{d}/out.json"],
+     "--output must end in .jsonl or .csv"),
+    ("predict against a store that does not exist", ["predict", "{v}", "--tracking-uri", "sqlite:///{d}/no.db"],
+     "no MLflow store at {d}/no.db"),
+    ("predict with a model name that is not registered", ["predict", "{v}", "--model", "models:/clff@champion",
+                                                          "--tracking-uri", "{s}"],
+     "no registered model 'clff' in {s}: registered are alpha, clf"),
+    ("predict with an alias the model does not have", ["predict", "{v}", "--model", "models:/clf@best",
+                                                       "--tracking-uri", "{s}"], "clf has no alias @best"),
+]
+
+
+@pytest.fixture(scope="module")
+def two_model_store(tmp_path_factory):
+    """A SQLite store where models ``alpha`` and ``clf`` are registered (names only: no model needs loading)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    for name in ("clf", "alpha"):
+        client.create_registered_model(name)
+    return uri
+
+
+@pytest.mark.parametrize("mistake,args,line", BAD_INPUT, ids=[m for m, _, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_2(mistake, args, line, two_model_store, tmp_path, capsys, monkeypatch):
+    d = tmp_path / "data"
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not decoded: the model's name is checked first")
+    fill = {"d": d, "s": two_model_store, "v": video}
+    args = [a.format(**fill) for a in args]
+    if args[0] != "predict":
+        args += ["--config", str(ROOT / "configs" / "demo.yaml"), "--set", f"data_dir={d}"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # a server would be started if a check came too late
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("vivit: ") and len(err.strip().splitlines()) == 1, err
+    assert line.format(**fill) in err
+
+
+def test_predictions_are_strict_json():
+    """Every line ``vivit predict`` writes parses as JSON in any language: a non-finite score is null."""
+    import json
+
+    from tasks.lib.predicting import json_line
+
+    res = {"path": "a.mp4", "label": "x", "probabilities": {"x": float("nan"), "y": 1.0},
+           "segments": [{"start": 0.0, "p_positive": float("inf")}]}
+    back = json.loads(json_line(res), parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+    assert back["probabilities"] == {"x": None, "y": 1.0} and back["segments"][0]["p_positive"] is None

@@ -338,16 +338,36 @@ def classify_videos(classifier: Any, paths: list[str], batch_size: int = 8, **op
 
 
 # -- writing results --------------------------------------------------------------------------------------------
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def json_line(res: dict[str, Any]) -> str:
+    """One result as strict JSON: a non-finite number (a network that output NaN) is ``null``, never the bare
+    ``NaN`` that ``json.dumps`` writes by default and JavaScript's ``JSON.parse`` rejects."""
+    import json
+
+    return json.dumps(_finite(res), allow_nan=False)
+
+
 class ResultWriter:
     """``.jsonl`` (one result a line, as printed) or ``.csv`` (one row per video, plus one per segment for windowed
     predictions, with a ``p_<class>`` column per class). Rows are flushed as results arrive into a hidden
     temporary file that replaces ``path`` when :meth:`close` is called: a crash never leaves a half-written file
     under the final name."""
 
+    SUFFIXES = (".jsonl", ".csv")
+
     def __init__(self, path: str | os.PathLike, classes: Sequence[str], top_k: int | None = None) -> None:
         self.path = Path(path)
         self.kind = self.path.suffix.lower()
-        if self.kind not in (".jsonl", ".csv"):
+        if self.kind not in self.SUFFIXES:
             raise ValueError(f"--output must end in .jsonl or .csv, got {self.path.name!r}")
         self.classes = list(classes)
         self._ctx = atomic_path(self.path)
@@ -360,10 +380,8 @@ class ResultWriter:
             self._csv.writeheader()
 
     def write(self, res: dict[str, Any]) -> None:
-        import json
-
         if self.kind == ".jsonl":
-            self._f.write(json.dumps(res) + "\n")
+            self._f.write(json_line(res) + "\n")
         else:
             for row in self._rows(res):
                 self._csv.writerow(row)
