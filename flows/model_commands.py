@@ -36,6 +36,10 @@ def add_parsers(sub) -> None:  # noqa: ANN001 - argparse's private _SubParsersAc
     p.add_argument("model", metavar="MODEL_URI", help="models:/NAME@champion, models:/NAME/VERSION or runs:/RUN/model")
     p.add_argument("--annotations", "-a", required=True, type=Path, metavar="CSV_OR_FOLDER",
                    help="CSV with a path and a label column (paths relative to the CSV), or ROOT/<class>/<videos>")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="for a Kinetics CSV (label,youtube_id,time_start,time_end): where the download stage stored "
+                        "the clips (default: --config's data_dir)")
+    p.add_argument("--split", default=None, help="for a Kinetics CSV: only this split's rows (e.g. test)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="clips per forward pass (bounds memory)")
     p.add_argument("--show", type=int, default=10, metavar="N", help="misclassified clips to print (all are logged)")
     p.add_argument("--no-log", dest="log", action="store_false", help="print only; log no MLflow run")
@@ -80,8 +84,9 @@ def _evaluate(cfg, args, uri: str) -> int:
     from tasks.evaluate import evaluate
     from tasks.lib.tables import matrix, table
 
+    data_dir = args.data_dir or (cfg.data_dir if args.config or args.overrides else None)
     ev = evaluate(args.model, args.annotations, tracking_uri=uri, batch_size=args.batch_size, log=args.log,
-                  experiment=cfg.mlflow.experiment, on_progress=_progress)
+                  experiment=cfg.mlflow.experiment, data_dir=data_dir, split=args.split, on_progress=_progress)
     r = ev.report
     what = f"{ev.name} v{ev.version}" if ev.name else ev.model_uri
     print(f"{what} on {ev.source}: {r['num_samples']} clips scored, {len(ev.unreadable)} unreadable")

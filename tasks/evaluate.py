@@ -47,11 +47,13 @@ def _predictions_csv(rows: list[dict[str, Any]], classes: list[str]) -> str:
 
 
 def evaluate(model_uri: str, annotations: str | Path, *, tracking_uri: str, batch_size: int = 8, log: bool = True,
-             experiment: str = "vivit-evaluations", on_progress=None) -> Evaluation:
-    """Classify every labelled clip with ``model_uri``, score, and (``log``) record it as an evaluation run.
+             experiment: str = "vivit-evaluations", data_dir: str | Path | None = None, split: str | None = None,
+             on_progress=None) -> Evaluation:
+    """Classify every labelled clip with ``model_uri``, score, and (``log``) record it as an evaluation run. A
+    Kinetics CSV names the clips the download stage stored under ``data_dir`` (``split``: one split's rows).
     User errors (no such file, unknown model, labels the model does not know, no readable video) raise
     :class:`UserError` before or instead of any logging."""
-    clips = read_labelled(annotations)  # a missing or malformed list is said before the model loads
+    clips = read_labelled(annotations, data_dir=data_dir, split=split)  # said before the model loads
     tracking.require_existing_store(tracking_uri)
     tracking.use_store(MlflowConfig(tracking_uri=tracking_uri))
     ref = tracking.resolve_model(model_uri)

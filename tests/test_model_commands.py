@@ -77,11 +77,34 @@ def test_evaluate_prints_and_logs_an_evaluation_run_of_the_version(store, tmp_pa
     assert "3 clips scored, 0 unreadable" in out and "logged evaluation run" not in out
 
 
+def test_evaluate_a_kinetics_split_the_pipeline_downloaded(store, tmp_path, capsys):
+    """A Kinetics CSV names YouTube clips: with --data-dir they are the download stage's files
+    (raw/<label_slug>/<id>_<start>_<end>.mp4); --split keeps one split; a clip not there is reported unreadable."""
+    import shutil
+
+    data = tmp_path / "data"
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for i, (label, video) in enumerate(store["videos"].items()):
+        dest = data / "raw" / label.replace(" ", "_") / f"yt{i:09d}_000010_000020.mp4"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, dest)
+        rows.append(f"{label},yt{i:09d},10,20,test")
+    rows += [f"{CLASSES[0]},gone0000000,0,10,test", f"{CLASSES[1]},trainonly00,0,10,train"]
+    csv = tmp_path / "k.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    args = ["evaluate", "models:/clf/1", "--annotations", str(csv), "--data-dir", str(data), "--split", "test",
+            "--no-log"]
+    assert _cli(args, store) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "3 clips scored, 1 unreadable" in out and "gone0000000_000000_000010.mp4" in out and "trainonly" not in out
+
+
 @pytest.mark.parametrize("args, said", [
     (["evaluate", "models:/nope@champion", "--annotations", "{dir}/labelled.csv"], "no registered model 'nope'"),
     (["evaluate", "models:/clf/9", "--annotations", "{dir}/set"], "clf has no version 9: versions 1, 2"),
     (["evaluate", "models:/clf@champion", "--annotations", "{dir}/missing.csv"], "no such file or folder"),
-    (["evaluate", "models:/clf@champion", "--annotations", "{dir}/kinetics.csv"], "is a Kinetics annotation file"),
+    (["evaluate", "models:/clf@champion", "--annotations", "{dir}/kinetics.csv"], "pass --data-dir"),
+    (["evaluate", "models:/clf@champion", "--annotations", "{dir}/set", "--split", "test"], "--split applies to"),
     (["evaluate", "models:/clf@champion", "--annotations", "{dir}/unknown.csv"], "'jumping' are not classes"),
     (["export", "models:/clf@champion", "--format", "tflite", "--out", "{dir}/m.x"], "--format must be one of"),
     (["export", "models:/clf@nobody", "--format", "onnx", "--out", "{dir}/m.onnx"], "clf has no alias @nobody"),
