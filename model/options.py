@@ -51,6 +51,12 @@ def batch_share(batch_size: int, processes: int, who: str) -> int:
     return batch_size // processes
 
 
+def own_pretraining(init: Any) -> bool:
+    """``train.init`` names the pretrain stage's encoder, pretrained on this dataset in the train stage's own input
+    form (RGB or differences), not an RGB checkpoint."""
+    return init == PRETRAIN_INIT or is_pretrain_output(init)
+
+
 class TrainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -104,7 +110,8 @@ class TrainOptions(BaseModel):
     init: str | None = Field(None, description="pretrained start: a checkpoint folder or a Hugging Face hub id "
                              "(VideoMAE, ViViT -> joint model, image ViT -> factorised encoder), or i3d-kinetics400 "
                              "(Kinetics I3D from the package registry, frozen, under a new encoder); frames, size and "
-                             "mean/std follow it; null: from scratch")
+                             "mean/std follow it; pretrain: the pretrain stage's encoder (docs/pretrain.md); null: "
+                             "from scratch, or pretrain when pretrain.enabled")
     init_inflation: Literal["central", "filter"] = Field(
         "central", description="image ViT patch embedding into tubelets: central frame or filter (averaged) inflation")
     freeze: Literal["none", "backbone"] | int = Field(
@@ -130,13 +137,14 @@ class TrainOptions(BaseModel):
     @classmethod
     def _pretrained_defaults_to_rgb(cls, data: Any) -> Any:
         """Checkpoints were trained on RGB frames: with ``init`` and no explicit input (or ``auto``), the input is RGB."""
-        if isinstance(data, dict) and data.get("init") and data.get("input", "auto") == "auto":
+        if (isinstance(data, dict) and data.get("init") and data.get("input", "auto") == "auto"
+                and not own_pretraining(data.get("init"))):
             return {**data, "input": "rgb"}
         return data
 
     @model_validator(mode="after")
     def _pretrained_sees_rgb(self) -> "TrainOptions":
-        if self.init and self.input != "rgb":
+        if self.init and self.input != "rgb" and not own_pretraining(self.init):
             raise ValueError(f"a pretrained start (train.init) was trained on RGB frames, not on '{self.input}': "
                              "set train.input: rgb (and train.view_frames / frames.size to the checkpoint's)")
         return self
@@ -170,3 +178,69 @@ class TrainOptions(BaseModel):
         where there are differences, ``input_probe`` only where there is a choice)."""
         unused = ({"diff_gap"} if self.input == "rgb" else set()) | ({"input_probe"} if self.input != "auto" else set())
         return self.model_dump(mode="json", exclude=set(EXECUTION_ONLY) | unused)
+
+
+# -- the pretrain stage (model/pretrain.py) ------------------------------------------------------------------------
+# ``train.init: pretrain``: start from the encoder the pretrain stage wrote for this dataset and these options.
+PRETRAIN_INIT = "pretrain"
+# What the pretrain stage writes in its output folder: the encoder's weights (torch, weights only) and a JSON
+# description of them (read without torch: what the encoder sees, on what it was pretrained).
+PRETRAIN_ENCODER = "encoder.pt"
+PRETRAIN_META = "pretrain.json"
+# Options of the pretrain stage that change how it runs, not what it computes.
+PRETRAIN_EXECUTION_ONLY = frozenset({"enabled", "resume", "device", "precision", "num_workers", "figure_clips"})
+
+
+# The presets the pretrain stage can pretrain: the factorised encoders (model/pretrain.py drives model 2's parts).
+PRETRAINABLE_PRESETS = ("vivit-fe-conv-tiny", "vivit-fe-tiny", "vivit-fe-small")
+
+
+def is_pretrain_output(init: str | None) -> bool:
+    """True when ``init`` names a folder the pretrain stage wrote (its :data:`PRETRAIN_META` is there)."""
+    if not init or init == PRETRAIN_INIT:
+        return False
+    from pathlib import Path
+
+    return (Path(init).expanduser() / PRETRAIN_META).is_file()
+
+
+class PretrainOptions(BaseModel):
+    """The config's ``pretrain:`` section: masked video modelling of the train preset's encoder on the user's own
+    clips (docs/pretrain.md). The network, its view (``train.view_frames``, ``train.input``, ``train.diff_gap``) and
+    the augmentation (``train.augment``, ``train.crop_scale``) are the train stage's, so that the pretrained encoder
+    is exactly the one training starts from."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    enabled: bool = Field(False, description="vivit run runs the pretrain stage before train, and train starts from "
+                          "its encoder (train.init pretrain); vivit pretrain runs it regardless")
+    mask_ratio: float = Field(0.9, gt=0, lt=1, description="fraction of the spatial patches hidden, the same ones in "
+                              "every frame of a clip (tube masking)")
+    epochs: int = Field(20, ge=1, description="passes over the pretraining clips (about 10 CPU minutes on surv_fight's 184 train+val clips, docs/pretrain.md)")
+    batch_size: int = Field(16, ge=1, description="clips per optimiser step")
+    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate (cosine decay after warm-up)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
+    warmup_epochs: float = Field(5.0, ge=0, description="linear warm-up length in epochs")
+    decoder_dim: int = Field(64, ge=8, description="width of the light decoder (dropped after pretraining)")
+    decoder_depth: int = Field(1, ge=1, le=8, description="transformer blocks of the decoder")
+    splits: list[Literal["train", "val"]] = Field(
+        default_factory=lambda: ["train", "val"],
+        description="dataset splits whose clips are pretrained on (labels ignored); never test")
+    extra_clips: list[str] = Field(
+        default_factory=list, description="more unlabelled clips: folders of videos (sampled like the frames stage) "
+        "or of another stored dataset (its dataset/ folder)")
+    figure_clips: int = Field(4, ge=0, le=16, description="clips shown in the masked / reconstruction / target figure")
+    resume: bool = Field(True, description="continue from last.pt of an identical interrupted run")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast: auto = bf16 on CUDA, fp32 on CPU; fp32; bf16")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+    @field_validator("splits")
+    @classmethod
+    def _some_split(cls, v: list[str]) -> list[str]:
+        return sorted(set(v), key=v.index)
+
+    def determining(self) -> dict[str, Any]:
+        """The options that decide what pretraining computes."""
+        return self.model_dump(mode="json", exclude=set(PRETRAIN_EXECUTION_ONLY))

@@ -50,6 +50,7 @@ from model.i3d import CONVERTED_NAME as I3D_CONVERTED
 from model.i3d import INIT_ID as I3D_INIT
 from model.i3d import INPUT_FRAMES, INPUT_SIZE
 from model.i3d import cache_dir as i3d_cache_dir
+from model.options import PRETRAIN_META, is_pretrain_output
 from model.views import IMAGENET_MEAN, IMAGENET_STD
 from model.vivit import ViViT, ViViTConfig, inflate_patch_embedding
 
@@ -121,6 +122,11 @@ def checkpoint_input(init: str) -> CheckpointInput:
     a hub id fetches ``config.json`` and ``preprocessor_config.json`` (see :func:`resolve`)."""
     if init == I3D_INIT:  # fully convolutional: any size works, 224 is what it was trained at
         return CheckpointInput("i3d", INPUT_FRAMES, INPUT_SIZE, (0.5,) * 3, (0.5,) * 3, size_fixed=False)
+    if is_pretrain_output(init):  # the pretrain stage's encoder (model/pretrain.py): its own view
+        meta = json.loads((Path(init).expanduser() / PRETRAIN_META).read_text())
+        view = meta["view"]
+        return CheckpointInput("pretrain", view["num_frames"], meta["image_size"], tuple(view["mean"]),
+                               tuple(view["std"]), size_fixed=True)
     folder = resolve(init, weights=False)
     return _input_of(_read_json(folder / "config.json", init), _read_json(folder / "preprocessor_config.json", init,
                                                                           required=False))
@@ -211,6 +217,13 @@ def build_pretrained(init: str, preset: ViViTConfig, *, inflation: Inflation = "
     (``i3d-kinetics400``: the I3D stem under a new encoder, :mod:`model.i3d_vivit`)."""
     if init == I3D_INIT:
         return _i3d(preset)
+    if is_pretrain_output(init):
+        from model.pretrain import load_encoder
+
+        try:
+            return load_encoder(init, preset)
+        except ValueError as e:
+            raise PretrainedError(str(e)) from None
     folder = resolve(init)
     config, sd = read_checkpoint(folder)
     kind = config.get("model_type")
