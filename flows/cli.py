@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import flows  # noqa: F401  -- sets the embedded Prefect defaults before prefect is imported
 from flows import model_commands
 from flows.server import own_prefect_server
-from flows.terminal import next_steps, print_summary, progress_bar, quiet_expected_tracebacks
+from flows.terminal import next_steps, print_summary, progress_bar, quiet_expected_tracebacks, step, terminal_output
 
 if TYPE_CHECKING:
     from tasks.lib.results import StageResult
@@ -28,6 +28,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--debug", action="store_true", help="show tracebacks (errors are one line otherwise)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show every Prefect log line in the terminal, one per clip included (always in "
+                        "DATA_DIR/logs/vivit.log and the Prefect UI)")
     p.add_argument("--no-wait", dest="no_wait", action="store_true",
                    help="refuse instead of waiting when another run holds the data_dir or MLflow store")
 
@@ -241,13 +244,21 @@ def _main(args) -> int:
         return EXIT_USAGE
     from tasks.lib.errors import StageFailed
 
-    with quiet_expected_tracebacks(args.debug), own_prefect_server():
-        try:
-            summaries, failure = _run_stage(args.command, cfg, args), None
-        except StageFailed as e:
-            summaries, failure = e.summaries, e
+    from prefect.settings import PREFECT_API_URL
+
+    with terminal_output(cfg.data_dir / "logs", args.command, args.verbose) as log_path, \
+            quiet_expected_tracebacks(args.debug):
+        step(f"flows report to {PREFECT_API_URL.value()}" if PREFECT_API_URL.value() else
+             "starting a temporary Prefect server (its runs stay in PREFECT_HOME: vivit ui shows them)")
+        with own_prefect_server(cfg.data_dir / "logs" / "prefect-server.log"):
+            try:
+                summaries, failure = _run_stage(args.command, cfg, args), None
+            except StageFailed as e:
+                summaries, failure = e.summaries, e
     for s in summaries:
         print_summary(s)
+    if log_path is not None:
+        print(f"\nlog: {log_path} (every line, one per clip included; --verbose shows them here)")
     next_steps(cfg, summaries)
     if failure is not None:
         return EXIT_USAGE if failure.user_error else EXIT_STAGE_FAILED

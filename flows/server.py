@@ -6,6 +6,7 @@ import contextlib
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import flows  # noqa: F401  -- sets the embedded Prefect defaults before prefect is imported
 
@@ -65,12 +66,13 @@ def server_popen_problem(prefect_server) -> str | None:
 
 
 @contextlib.contextmanager
-def own_prefect_server():
+def own_prefect_server(log_path: Path | None = None):
     """Without ``PREFECT_API_URL`` the flows need a temporary Prefect server. Prefect starts one itself, but it
     outlived a kill -9 of ``vivit`` in 26 of 32 trials. So the command starts it, from the main thread, as a
     child that the kernel kills when this process dies (``tasks.lib.procs``), stops it on exit, and turns
     SIGTERM into a normal exit (which stops it too). On an untested Prefect it warns and starts the server
-    without that signal (:func:`server_popen_problem`)."""
+    without that signal (:func:`server_popen_problem`). ``log_path``: the server's own output (its startup banner,
+    its errors while it stops) goes there instead of the terminal."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     previous = signal.getsignal(signal.SIGTERM)
@@ -96,6 +98,14 @@ def own_prefect_server():
             yield None
             return
         real = getattr(prefect_server, "subprocess", None)
+        log = None
+        if log_path is not None:
+            try:
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                log = log_path.open("ab")
+            except OSError:
+                log = None
+        output = {"stdout": log, "stderr": real.STDOUT} if log is not None and real is not None else {}
 
         class _Subprocess:
             def __getattr__(self, name):
@@ -103,7 +113,7 @@ def own_prefect_server():
 
             @staticmethod
             def Popen(*a, **kw):  # noqa: N802 - stands in for subprocess.Popen
-                return real.Popen(*a, **{**die_with_parent_kwargs(), **kw})
+                return real.Popen(*a, **{**die_with_parent_kwargs(), **output, **kw})
 
         if not problem:
             prefect_server.subprocess = _Subprocess()
@@ -119,6 +129,8 @@ def own_prefect_server():
             server.stop()
             if not problem:
                 prefect_server.subprocess = real
+            if log is not None:
+                log.close()
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)

@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks.lib.cluster import api_url_mismatches, shard_size_for, shards, worker_environment
 from tasks.lib.config import ClusterConfig
 from tasks.lib.errors import ServiceUnavailable, UserError
-from tasks.progress import gather
+from tasks.progress import PER_ITEM, gather
 
 
 def flow_api_url() -> str:
@@ -126,7 +126,8 @@ def run_shard(stage: str, index: int, per_clip: Any, key: str, shard: Shard, kwa
     else:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             rows = list(pool.map(one, items, [contextvars.copy_context() for _ in items]))
-    get_run_logger().info("%s shard %d: %d clip(s) done on pid %d", stage, index, len(rows), os.getpid())
+    get_run_logger().info("%s shard %d: %d clip(s) done on pid %d", stage, index, len(rows), os.getpid(),
+                          extra={PER_ITEM: True})
     return rows
 
 

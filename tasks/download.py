@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.lib import download as core
 from tasks.lib.annotations import Clip, load_clips
 from tasks.lib.config import DownloadConfig, DownloadStage
+from tasks.progress import PER_ITEM
 
 
 @task(name="select-clips", cache_policy=NO_CACHE)
@@ -52,7 +53,7 @@ def download_clip_task(clip: Clip, data_dir: Path, url_template: str, download: 
         logger.warning("%s: failed (%s) after %d attempt(s): %s", result.clip_id or clip.youtube_id,
                        result.reason, result.attempts, result.message)
     else:
-        logger.info("%s: %s", result.clip_id, result.status)
+        logger.info("%s: %s", result.clip_id, result.status, extra={PER_ITEM: True})
     return result.row()
 
 

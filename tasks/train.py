@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from model.i3d import INIT_ID as I3D_INIT
+from tasks import progress
 from tasks.lib import baseline, i3d_weights
 from tasks.lib.i3d_weights import PretrainedUnavailable, WeightsIntegrityError
 from model.atomic import atomic_write_text
@@ -128,12 +129,13 @@ class _PrefectProgress:
 
     def on_probe_epoch(self, candidate: str, epoch: int, probe_epochs: int, metrics: dict[str, float]) -> None:
         shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_f1", "val_f1_smoothed") if k in metrics)
-        self.logger.info("input probe %s: epoch %d/%d %s", candidate, epoch, probe_epochs, shown)
+        progress.report(self.logger, f"train: probe {candidate}", epoch, probe_epochs, "epochs",
+                        "input probe %s: epoch %d/%d %s", candidate, epoch, probe_epochs, shown)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         update_progress_artifact(self.artifact, 100.0 * epoch / self.epochs)
         shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_f1") if k in metrics)
-        self.logger.info("epoch %d/%d %s", epoch, self.epochs, shown)
+        progress.report(self.logger, "train", epoch, self.epochs, "epochs", "epoch %d/%d %s", epoch, self.epochs, shown)
 
 
 class _Callbacks:

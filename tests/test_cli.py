@@ -46,14 +46,14 @@ def test_demo_data_then_download_and_an_unknown_class(prefect_harness, tmp_path)
               "--set", f"url_template=file://{src}/videos/{{youtube_id}}.mp4", "--set", "download.allow_file_urls=true"]
     ok = _vivit(["download", *common])
     assert ok.returncode == EXIT_OK, ok.stderr[-2000:]
-    assert "== download: ok" in ok.stdout and "downloaded  5" in ok.stdout
+    assert "== download: ok" in ok.stdout and "downloaded 5," in ok.stdout
     assert set(pd.read_csv(tmp_path / "data" / "reports" / "download.csv")["status"]) == {"downloaded"}
     # the flow run got only the download stage's part of the config
     assert set(_last_flow_run("download").parameters["config"]) == {
         "data_dir", "annotations", "classes", "splits", "max_per_class", "url_template", "download", "cluster"}
-    assert "downloaded  0" in _vivit(["download", *common]).stdout  # all there: nothing to do
+    assert "downloaded 0," in _vivit(["download", *common]).stdout  # all there: nothing to do
     again = _vivit(["download", *common, "--force"])
-    assert again.returncode == EXIT_OK and "downloaded  5" in again.stdout, again.stderr[-2000:]
+    assert again.returncode == EXIT_OK and "downloaded 5," in again.stdout, again.stderr[-2000:]
     # a misspelt class: a user error (exit 2), the summary suggests the real name, no traceback, and the flow
     # run ends Failed in Prefect (not a green Completed)
     bad = _vivit(["download", *common, "--set", "classes=[dribling basketball, dunking basketball]"])
