@@ -107,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list model presets with parameters and forward GFLOPs per view of --config's "
                                         "clips (train.view_frames positions at frames.size)")
     _config_args(p)
+    p = sub.add_parser("ui", help="start the Prefect UI (this project's Prefect home) and the MLflow UI (--config's "
+                                   "store), print both links, stop both on Ctrl-C")
+    _config_args(p)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: config, env, ./mlruns)")
+    p.add_argument("--prefect-port", type=int, default=4200, help="Prefect UI port (a free one if taken)")
+    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (a free one if taken)")
+    p.add_argument("--timeout", type=_positive_float, default=180.0, help="seconds to wait for each server")
+    p = sub.add_parser("serve", help="serve a registered model over REST (mlflow models serve with this "
+                                      "environment's Python), until Ctrl-C")
+    p.add_argument("model_uri", metavar="MODEL_URI", help="e.g. models:/vivit-demo@champion")
+    _config_args(p)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: config, env, ./mlruns)")
+    p.add_argument("--port", type=int, default=5001, help="port (0: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--video", action="store_true", help="serve NAME-video, the model that takes video files, "
+                                                         "instead of NAME (frames)")
     model_commands.add_parsers(sub)  # evaluate, runs, models, export
     return ap
 
@@ -224,6 +240,10 @@ def _main(args) -> int:
         return doctor(cfg)
     if args.command == "presets":
         return _presets(cfg)
+    if args.command in ("ui", "serve"):
+        from flows import services
+
+        return services.ui(cfg, args) if args.command == "ui" else services.serve(cfg, args)
     if args.command in model_commands.COMMANDS:
         return model_commands.run(cfg, args)
     if args.command == "predict":

@@ -34,16 +34,35 @@ def next_steps(cfg, summaries: list[StageResult]) -> None:
     from tasks import tracking
 
     uri = train.result["tracking_uri"]
-    tracking.use_store(cfg.mlflow.model_copy(update={"tracking_uri": uri}))
-    exp_id = tracking.experiment_id(cfg.mlflow.experiment)
-    page = tracking.experiment_url("http://127.0.0.1:5000", exp_id) if exp_id else "http://127.0.0.1:5000"
     # no champion when every version so far fell below the baseline: the commands then name the challenger
     alias = "champion" if "champion" in train.result["registry"].get("aliases", {}) else "challenger"
-    print("\nNext:")
-    print(f"   mlflow ui --backend-store-uri {uri} --port 5000      # then open {page}")
-    print(f"   vivit predict VIDEO.mp4 --model models:/{cfg.mlflow.model_name}@{alias} --tracking-uri {uri}")
-    print(f"   mlflow models serve -m models:/{cfg.mlflow.model_name}@{alias} --env-manager local --port 5001"
-          f"   # with MLFLOW_TRACKING_URI={uri}")
+    # the store is named unless it is the one the same command finds by itself here (./mlruns; MLflow has put the
+    # store in this process's MLFLOW_TRACKING_URI by now, so that variable says nothing about the user's shell)
+    default = f"sqlite:///{(tracking.DEFAULT_STORE / 'mlflow.db').resolve()}"
+    store = "" if uri == default else f" --tracking-uri {uri}"
+    vivit, model = vivit_command(), f"models:/{cfg.mlflow.model_name}@{alias}"
+    print("\nNext (from this folder; no venv to activate):")
+    print(f"   {vivit} ui{store}                      # Prefect and MLflow UIs on these runs; Ctrl-C stops them")
+    print(f"   {vivit} predict VIDEO.mp4 --model {model}{store}")
+    print(f"   {vivit} serve {model}{store} --port 5001    # REST; --video: the model that takes files")
+
+
+def vivit_command() -> str:
+    """How to call ``vivit`` from a plain shell in the working directory: ``vivit`` when that finds this very
+    program on PATH, else its path (``.venv/bin/vivit`` from the project folder)."""
+    import os
+    import shutil
+
+    exe = Path(sys.executable).parent / "vivit"  # not resolved: the venv's bin, not the interpreter it links to
+    if not exe.is_file():
+        return f"{sys.executable} -m flows.cli"
+    found = shutil.which("vivit")
+    if found and os.path.samefile(found, exe):
+        return "vivit"
+    try:
+        return str(exe.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
 
 
 @contextlib.contextmanager

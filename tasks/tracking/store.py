@@ -164,3 +164,14 @@ def experiment_id(name: str) -> str | None:
     exp = mlflow.get_experiment_by_name(name)
     return exp.experiment_id if exp else None
 
+
+
+def latest_run_url(ui: str, experiment: str) -> str | None:
+    """The most recent run of ``experiment`` in the UI (its page in the classic view), None without one."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = MlflowClient().search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    return f"{ui.rstrip('/')}/#/experiments/{exp.experiment_id}/runs/{runs[0].info.run_id}"
