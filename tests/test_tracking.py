@@ -238,3 +238,17 @@ def test_every_registered_version_carries_its_model_card(tmp_path):
     # the rule the card states is the one the registry applies
     assert "strictly above the baseline's validation macro F1" in tracking.CHAMPION_RULE
     assert tracking.SELECTION_METRIC in tracking.CHAMPION_RULE and tracking.BASELINE_METRIC in tracking.CHAMPION_RULE
+
+
+def test_a_reused_version_registered_before_model_cards_gets_its_card(store):
+    """The pipeline reusing a run whose version predates the cards (no description) writes them then."""
+    from mlflow import MlflowClient
+
+    _log_version(store, 0.7)
+    client = MlflowClient()
+    for name in (store.model_name, store.model_name + tracking.VIDEO_SUFFIX):
+        client.update_model_version(name, "1", description="")  # as an older version registered it
+        assert not client.get_model_version(name, "1").description
+    assert tracking.find_reusable_run(store.experiment, "k", store.model_name)["version"] == 1
+    for name in (store.model_name, store.model_name + tracking.VIDEO_SUFFIX):
+        assert tracking.CHAMPION_RULE in client.get_model_version(name, "1").description

@@ -197,6 +197,9 @@ def find_reusable_run(experiment: str, train_key: str, model_name: str) -> dict[
                 score = run_score(run.data.metrics)
                 promote(model_name, int(v.version), run.info.run_id, float("nan") if score is None else float(score),
                         baseline=run.data.metrics.get(BASELINE_METRIC))
+            elif not v.description:  # registered before versions had a model card: it gets one now
+                write_cards(model_name, int(v.version), run.info.run_id,
+                            version_of_run(f"{model_name}{VIDEO_SUFFIX}", run.info.run_id))
             metrics = {internal_metric_name(k): m for k, m in run.data.metrics.items()}
             return {"run_id": run.info.run_id, "version": int(v.version), "metrics": metrics}
     return None
