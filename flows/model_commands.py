@@ -152,7 +152,8 @@ def _export(cfg, args, uri: str) -> int:
     check = record["check"]
     said = (f"matches the registered model to {check['max_abs_diff']:.1e} on {check['batch']} random clips"
             if isinstance(check, dict) else check)
-    print(f"wrote {args.out} ({args.fmt}; uint8 frames {tuple(record['input']['shape'])} -> probabilities of "
+    shape = ", ".join(map(str, record["input"]["shape"]))
+    print(f"wrote {args.out} ({args.fmt}; uint8 frames ({shape}) -> probabilities of "
           f"{len(record['classes'])} classes): {said}")
     print(f"wrote {sidecar_path(Path(args.out))} (classes, frames, size, view, mean/std)")
     return EXIT_OK

@@ -78,6 +78,7 @@ def export_classifier(classifier: Any, fmt: str, out: Path) -> None:
 def _export_onnx(module: Any, example: Any, dest: Path) -> None:
     import contextlib
     import io
+    import logging
 
     import torch
 
@@ -86,10 +87,17 @@ def _export_onnx(module: Any, example: Any, dest: Path) -> None:
         import onnxscript  # noqa: F401
     except ImportError:
         raise UserError("ONNX export needs the onnx and onnxscript packages: .venv/bin/pip install -e '.[export]'") from None
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
-        program = torch.onnx.export(module, (example,), input_names=["frames"], output_names=["probabilities"],
-                                    dynamic_shapes={"frames": {0: torch.export.Dim("batch")}}, dynamo=True,
-                                    opset_version=ONNX_OPSET)
+    # the exporter's progress lines (stdout) and its notes that torchvision's operators are not registered
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(module, (example,), input_names=["frames"], output_names=["probabilities"],
+                                        dynamic_shapes={"frames": {0: torch.export.Dim("batch")}}, dynamo=True,
+                                        opset_version=ONNX_OPSET)
+    finally:
+        registration.setLevel(level)
     program.save(str(dest))
 
 

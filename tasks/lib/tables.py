@@ -41,8 +41,9 @@ def matrix(counts: Sequence[Sequence[int]], labels: Sequence[str], *, indent: st
     head = [f"{i + 1}" for i in range(k)]
     width = max(len(str(c)) for row in counts for c in row) if k else 1
     width = max(width, *(len(h) for h in head))
-    name_w = max(len(f"{i + 1} {label}") for i, label in enumerate(labels))
-    lines = [indent + "true \\ predicted".ljust(name_w) + "  " + "  ".join(h.rjust(width) for h in head)]
+    corner = "true \\ predicted"
+    name_w = max(len(corner), *(len(f"{i + 1} {label}") for i, label in enumerate(labels)))
+    lines = [indent + corner.ljust(name_w) + "  " + "  ".join(h.rjust(width) for h in head)]
     for i, row in enumerate(counts):
         lines.append(indent + f"{i + 1} {labels[i]}".ljust(name_w) + "  " + "  ".join(str(c).rjust(width) for c in row))
     return "\n".join(lines)
