@@ -353,3 +353,22 @@ def test_predict_flow_has_the_same_options(prefect_harness, registered, tmp_path
     assert [r["path"] for r in results] == [*(str(v) for v in registered["videos"]), str(tmp_path / "missing.mp4")]
     assert all(len(r["top_k"]) == 2 and r["segments"] for r in results[:3]) and results[3]["error"] == "file not found"
     assert [json.loads(line) for line in out.read_text().splitlines()] == results
+
+
+def test_a_non_finite_probability_is_null_not_nan():
+    """The frames model too: whatever the network gives, what MLflow's server serialises is strict JSON."""
+    import torch
+
+    from tasks.serving.pyfunc import ClassifierPyfunc
+
+    class Broken(torch.nn.Module):
+        classes = CLASSES
+
+        def forward(self, frames):
+            out = torch.full((len(frames), len(CLASSES)), 0.5)
+            out[0, 1] = float("nan")
+            return out
+
+    out = ClassifierPyfunc(Broken()).predict(None, np.zeros((2, T, S, S, 3), np.uint8))
+    rows = _strict_json(json.dumps(out.to_dict(orient="records")))
+    assert rows[0][CLASSES[1]] is None and rows[1] == dict.fromkeys(CLASSES, 0.5)

@@ -74,7 +74,16 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         frames = _frames_array(model_input)
         with torch.inference_mode():
             probs = self.classifier(torch.from_numpy(np.ascontiguousarray(frames))).float().cpu().numpy()
-        return pd.DataFrame(probs.astype(np.float64), columns=list(self.classifier.classes))
+        return _null_non_finite(pd.DataFrame(probs.astype(np.float64), columns=list(self.classifier.classes)))
+
+
+def _null_non_finite(out):  # noqa: ANN001, ANN202 - a DataFrame of probabilities
+    """JSON has no NaN: a probability that is not a finite number (a failed row; a network that produced NaN) is
+    None, so MLflow's server writes ``null``. A frame of finite numbers keeps its float columns."""
+    values = out.to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isfinite(values).all():
+        return out
+    return out.astype(object).where(np.isfinite(values), None)
 
 
 class VideoPyfunc(ClassifierPyfunc):
@@ -114,6 +123,5 @@ class VideoPyfunc(ClassifierPyfunc):
                  **{c: float(r["probabilities"][c]) if "probabilities" in r else None for c in classes}}
                 for r in results]
         out = pd.DataFrame(rows, columns=["label", "error", *classes])
-        if out[classes].isna().any().any():  # JSON has no NaN: an error row's probabilities are null
-            out[classes] = out[classes].astype(object).where(out[classes].notna(), None)
+        out[classes] = _null_non_finite(out[classes])  # an error row's probabilities are null, not NaN
         return out
