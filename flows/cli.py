@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("download", "download the selected Kinetics clips with yt-dlp", "download clips already on disk again"),
             ("filter", "validate downloads, quarantine unusable files", "check files the last report already judged"),
             ("frames", "sample frames uniformly into the dataset", "sample clips already sampled again"),
+            ("pretrain", "masked video pretraining of the encoder on the dataset's train+val clips (docs/pretrain.md)",
+             "pretrain again even if this encoder exists"),
             ("train", "train the configured preset and register it in MLflow",
              "train even if an identical run is registered")):
         p = sub.add_parser(name, help=text)

@@ -1,5 +1,6 @@
-"""The chained DAG: download -> filter -> frames -> train, each stage a sub-flow that reads only what the
-previous stage wrote to disk, so any one of them can also be run (and re-run) alone."""
+"""The chained DAG: download -> filter -> frames -> (pretrain) -> train, each stage a sub-flow that reads only what
+the previous stage wrote to disk, so any one of them can also be run (and re-run) alone. pretrain runs when
+``pretrain.enabled`` (or when ``stages`` names it)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,6 +11,7 @@ from prefect.artifacts import create_table_artifact
 from flows.download import download_flow
 from flows.filter import filter_flow
 from flows.frames import frames_flow
+from flows.pretrain import pretrain_flow
 from flows.train import train_flow
 from tasks.lib.config import PipelineConfig, StageConfig
 from tasks.lib.errors import StageFailed
@@ -21,6 +23,7 @@ STAGES: dict[str, Callable[[StageConfig, bool], StageResult]] = {
     "download": download_flow,
     "filter": filter_flow,
     "frames": frames_flow,
+    "pretrain": pretrain_flow,
     "train": train_flow,
 }
 
@@ -52,6 +55,8 @@ def pipeline_flow(
     stage stops the chain and the pipeline raises StageFailed with every stage's summary: its flow run ends
     Failed, as the stage's did."""
     chosen = select_stages(stages, start)
+    if not config.pretrain.enabled and not (stages and "pretrain" in stages):
+        chosen = [s for s in chosen if s != "pretrain"] or chosen  # opt-in (docs/pretrain.md)
     if force:
         select_stages(force)  # an unknown stage name in force is an error, not a silent no-op
     with data_dir_lock(config.data_dir, "run"):

@@ -17,7 +17,7 @@ from tasks.lib.locks import data_dir_lock
 from tasks.lib.results import StageResult
 from tasks.guards import check_space_for_training, check_tracking_store, check_training_device
 from tasks.train import (
-    I3D_INIT, DatasetMissingError, PretrainedUnavailable, WeightsIntegrityError, find_reusable_run, obtain_i3d_weights, fit_baseline, log_training, read_dataset_info, register_model, run_tags,
+    I3D_INIT, DatasetMissingError, PretrainMissingError, PretrainedUnavailable, link_pretraining, use_pretraining, WeightsIntegrityError, find_reusable_run, obtain_i3d_weights, fit_baseline, log_training, read_dataset_info, register_model, run_tags,
     summary_message,
     train_key, train_model, training_summary,
 )
@@ -37,6 +37,10 @@ def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
         info = read_dataset_info(config.dataset_dir)
     except DatasetMissingError as e:
         raise StageFailed(failed_summary("train", str(e)), user_error=True) from None
+    try:
+        config, pretrained = use_pretraining(config, info)  # train.init pretrain: the pretrain stage's encoder
+    except PretrainMissingError as e:
+        raise StageFailed(failed_summary("train", str(e)), user_error=True) from None
     key = train_key(config, info)
     res = None if force else find_reusable_run(config, key)
     if res:
@@ -50,7 +54,7 @@ def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
             except (PretrainedUnavailable, WeightsIntegrityError) as e:
                 raise StageFailed(failed_summary("train", str(e))) from None
         try:
-            res = _train_and_register(config, info, key)
+            res = _train_and_register(config, info, key, pretrained)
         except Exception as e:  # noqa: BLE001 - two known outages get one line each; anything else is a bug
             if tracking.is_store_down(e):
                 raise StageFailed(failed_summary(
@@ -65,15 +69,17 @@ def _train(config: TrainStage, force: bool, uri: str) -> StageResult:
     return StageResult(stage="train", counts=counts, outputs=[res["tracking_uri"]], message=msg, result=res)
 
 
-def _train_and_register(config: TrainStage, info, key: str) -> dict:
+def _train_and_register(config: TrainStage, info, key: str, pretrained: dict | None = None) -> dict:
     """One MLflow run around four tasks: the baseline, train (no retries), log, register (retried when the store is
     down; champion only above the baseline)."""
     uri = tracking.use_store(config.mlflow)
     started = time.time()
     with tracking.training_run(config.mlflow.experiment, f"{config.train.model}-{key[:6]}",
-                               run_tags(config, info, key)) as run_id:
+                               run_tags(config, info, key, pretrained)) as run_id:
         reference = fit_baseline(info)
         result = train_model(config, info, key, run_id)
         final, model_uri = log_training(config, info, key, result, started, reference)
         reg = register_model(config, model_uri, run_id, float(result.best_val_score), reference.get("baseline/val_f1"))
+        if pretrained:
+            link_pretraining(config, pretrained, reg)
     return training_summary(config, info, run_id, uri, final, reg, result)

@@ -62,7 +62,7 @@ def check_tracking_store(uri: str) -> None:
 
 
 # what each stage reads, and the command that makes it: (path under data_dir, or None for the CSV, the maker)
-_INPUT_MAKERS = {"filter": "download", "frames": "filter", "train": "frames"}
+_INPUT_MAKERS = {"filter": "download", "frames": "filter", "pretrain": "frames", "train": "frames"}
 
 
 def missing_stage_input(stage: str, config) -> str | None:
@@ -87,7 +87,7 @@ def missing_stage_input(stage: str, config) -> str | None:
         if (config.reports_dir / "filter.csv").is_file():
             return None
         what = f"no {config.reports_dir / 'filter.csv'}"
-    elif stage == "train":
+    elif stage in ("pretrain", "train"):
         if (config.dataset_dir / MANIFEST_NAME).is_file() and (config.dataset_dir / META_NAME).is_file():
             return None
         what = f"no dataset in {config.dataset_dir}"

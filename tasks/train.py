@@ -29,6 +29,43 @@ class DatasetMissingError(UserError, FileNotFoundError):
     """The frames stage has not produced a (usable) dataset yet: run it (a user error, exit 2)."""
 
 
+class PretrainMissingError(UserError, FileNotFoundError):
+    """``train.init: pretrain`` (or ``pretrain.enabled``) but the pretrain stage has not written this encoder."""
+
+
+def use_pretraining(config: TrainStage, dataset_info: DatasetInfo) -> tuple[TrainStage, dict[str, Any] | None]:
+    """With ``train.init: pretrain`` (or ``pretrain.enabled`` and no other init): the config with ``train.init`` set
+    to the pretrain stage's output for this dataset and these options (found by the same key) and ``train.input``
+    to the form it was pretrained on, and that output's description (``pretrain.json`` + its MLflow run). Else the
+    config unchanged and None. Raises PretrainMissingError when the stage has not run for them."""
+    from tasks.lib.pretraining import finished, output_dir, pretrain_key, uses_pretraining
+    from tasks.pretrain import read_output
+
+    if not uses_pretraining(config.train, config.pretrain):
+        return config, None
+    key = pretrain_key(dataset_info, config.train, config.pretrain, config.seed)
+    folder = output_dir(config.data_dir, key)
+    if not finished(folder):
+        raise PretrainMissingError(f"train.init pretrain: no pretrained encoder for this dataset and these options in "
+                                   f"{folder}: run `vivit pretrain` first (or `vivit run` with pretrain.enabled: true)")
+    meta = read_output(folder)
+    train = config.train.model_copy(update={"init": str(folder.resolve()), "input": meta["input"]})
+    return config.model_copy(update={"train": train}), meta
+
+
+@task(name="link-pretraining", cache_policy=NO_CACHE)
+def link_pretraining(config: TrainStage, meta: dict[str, Any], reg: Any) -> None:
+    """The train run's params name the pretrain run and what it pretrained on; the registered version's tag
+    ``pretrained_on`` says it too."""
+    from tasks.pretrain import pretrained_on
+    from tasks.tracking.pretraining import tag_pretrained
+
+    text = pretrained_on(meta)
+    tracking.log_params({"pretrain.run_id": meta.get("run_id") or "", "pretrain.key": meta.get("key"),
+                         "pretrain.pretrained_on": text})
+    tag_pretrained(reg.name, reg.version, text, meta.get("run_id"))
+
+
 @task(name="read-dataset-info", cache_policy=NO_CACHE)
 def read_dataset_info(dataset_dir: Path) -> DatasetInfo:
     """The stored dataset, read and checked once for the whole stage: the key, the logged inputs, ``fit`` and the
@@ -264,9 +301,13 @@ def _summary_artifacts(config: TrainStage, final: dict[str, float], reg: Any, re
                               description=f"misclassified test clips ({len(wrong)} shown, most confident first)")
 
 
-def run_tags(config: TrainStage, dataset_info: DatasetInfo, key: str) -> dict[str, str]:
-    """The MLflow run's tags: the training key (what reuse looks up), the Prefect flow run, preset and dataset."""
+def run_tags(config: TrainStage, dataset_info: DatasetInfo, key: str,
+             pretrained: dict[str, Any] | None = None) -> dict[str, str]:
+    """The MLflow run's tags: the training key (what reuse looks up), the Prefect flow run, preset and dataset, and
+    the pretrain run it started from."""
     return {
+        **({"pretrain_run_id": str(pretrained.get("run_id") or ""), "pretrain_key": str(pretrained.get("key"))}
+           if pretrained else {}),
         "train_key": key,
         "prefect.flow_run_id": str(runtime.flow_run.id or ""),
         "prefect.flow_run_name": str(runtime.flow_run.name or ""),

@@ -114,7 +114,7 @@ def test_each_stage_takes_only_the_keys_it_reads():
     cfg = load_config(None, ["data_dir=d", "seed=5", "filter.workers=3", "cluster.engine=dask"])
     reads = {"download": {"annotations", "classes", "splits", "max_per_class", "url_template", "download", "cluster"},
              "filter": {"classes", "filter", "cluster"}, "frames": {"classes", "seed", "frames", "cluster"},
-             "train": {"seed", "train", "mlflow"}}
+             "pretrain": {"seed", "train", "pretrain", "mlflow"}, "train": {"seed", "train", "pretrain", "mlflow"}}
     assert set(STAGE_CONFIGS) == set(STAGES) == set(reads)
     for name, stage in STAGE_CONFIGS.items():
         assert set(stage.model_fields) == {"data_dir"} | reads[name]

@@ -19,7 +19,7 @@ from tasks.lib.config import STAGE_CONFIGS, PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
-EXPECTED = {"download", "filter", "frames", "train", "pipeline", "predict"}
+EXPECTED = {"download", "filter", "frames", "pretrain", "train", "pipeline", "predict"}
 
 
 def test_prefect_yaml_mirrors_demo_config():

@@ -68,7 +68,7 @@ def test_pipeline_end_to_end_then_rerun(prefect_harness, tmp_path, demo_source):
     saved = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "cfg")))
                            .read_text())
     # the train stage's config: the keys it reads (the data's own settings travel in the dataset input)
-    assert set(saved) == {"data_dir", "seed", "train", "mlflow"} and saved["train"]["epochs"] == 2
+    assert set(saved) == {"data_dir", "seed", "train", "pretrain", "mlflow"} and saved["train"]["epochs"] == 2
     described = json.loads(Path(client.download_artifacts(run.info.run_id, "dataset.json", str(tmp_path / "ds")))
                            .read_text())
     assert described == json.loads((cfg.dataset_dir / "dataset.json").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from model.options import TrainOptions, stable_hash
+from model.options import PRETRAIN_INIT, PRETRAINABLE_PRESETS, PretrainOptions, TrainOptions, own_pretraining, stable_hash
 from .errors import UserError
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -183,6 +183,7 @@ Download = Annotated[DownloadConfig, Field(default_factory=DownloadConfig)]
 Filter = Annotated[FilterConfig, Field(default_factory=FilterConfig)]
 Frames = Annotated[FramesConfig, Field(default_factory=FramesConfig)]
 Train = Annotated[TrainOptions, Field(default_factory=TrainOptions)]
+Pretrain = Annotated[PretrainOptions, Field(default_factory=PretrainOptions)]
 Mlflow = Annotated[MlflowConfig, Field(default_factory=MlflowConfig)]
 Cluster = Annotated[ClusterConfig, Field(default_factory=ClusterConfig)]
 
@@ -223,13 +224,15 @@ class PipelineConfig(_Locations, _Strict):
     download: Download
     filter: Filter
     frames: Frames
+    pretrain: Pretrain
     train: Train
     mlflow: Mlflow
     cluster: Cluster
 
     @model_validator(mode="after")
     def _views_fit_the_frames(self) -> "PipelineConfig":
-        if self.train.init:
+        check_pretrainable(self.train, self.pretrain)
+        if self.train.init and not own_pretraining(self.train.init):
             follow_the_checkpoint(self)
         try:
             self.train.view.check_stored(self.frames.num_frames)
@@ -283,15 +286,29 @@ class FramesStage(StageConfig):
     cluster: Cluster
 
 
+class PretrainStage(StageConfig):
+    seed: Seed
+    train: Train
+    pretrain: Pretrain
+    mlflow: Mlflow
+
+    @model_validator(mode="after")
+    def _pretrainable(self) -> "PretrainStage":
+        check_pretrainable(self.train, self.pretrain, running=True)
+        return self
+
+
 class TrainStage(StageConfig):
     seed: Seed
     train: Train
+    pretrain: Pretrain  # train.init pretrain (or pretrain.enabled) finds the pretrain stage's output by its options
     mlflow: Mlflow
 
     @model_validator(mode="after")
     def _view_follows_the_checkpoint(self, info: ValidationInfo) -> "TrainStage":
+        check_pretrainable(self.train, self.pretrain)
         # run alone (a deployment's form), the view still follows the checkpoint, or agrees with it
-        if self.train.init and not (info.context or {}).get("checkpoint_followed"):
+        if self.train.init and not own_pretraining(self.train.init) and not (info.context or {}).get("checkpoint_followed"):
             from model.pretrained import checkpoint_input
 
             _train_follows(self.train, checkpoint_input(self.train.init))
@@ -299,8 +316,17 @@ class TrainStage(StageConfig):
 
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
-    "download": DownloadStage, "filter": FilterStage, "frames": FramesStage, "train": TrainStage,
+    "download": DownloadStage, "filter": FilterStage, "frames": FramesStage, "pretrain": PretrainStage,
+    "train": TrainStage,
 }
+
+
+def check_pretrainable(train: TrainOptions, pretrain: PretrainOptions, *, running: bool = False) -> None:
+    """Pretraining (``pretrain.enabled``, ``train.init: pretrain`` or the stage run by name) needs a
+    factorised-encoder preset."""
+    if (running or pretrain.enabled or train.init == PRETRAIN_INIT) and train.model not in PRETRAINABLE_PRESETS:
+        raise ValueError(f"the pretrain stage pretrains the factorised-encoder presets {list(PRETRAINABLE_PRESETS)}, "
+                         f"not train.model {train.model!r}")
 
 
 def follow_the_checkpoint(cfg: PipelineConfig) -> None:

@@ -68,3 +68,54 @@ def confusion_matrix(cm: list[list[int]], classes: list[str], path: Path, title:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def pretrain_loss(history: list[dict[str, float]], path: Path) -> Path:
+    """The pretrain stage's reconstruction loss (hidden tubes, per-patch-normalised target) per epoch."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([int(h["epoch"]) for h in history], [h["loss"] for h in history], "-o", markersize=3)
+    ax.set(xlabel="epoch", ylabel="masked reconstruction MSE", title="pretraining loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _shown(frame: np.ndarray, form: str, scale: float) -> np.ndarray:
+    """One network-input frame ``(H, W, C)`` as an image: RGB stretched to [0, 1]; differences (3 channels) as grey
+    magnitude; ``rgb_diff`` shows its RGB half."""
+    if form == "rgb_diff":
+        frame = frame[..., :3]
+        form = "rgb"
+    if form == "rgb":
+        lo, hi = np.percentile(frame, 1), np.percentile(frame, 99)
+        return np.clip((frame - lo) / max(hi - lo, 1e-6), 0, 1)
+    return np.clip(np.abs(frame).mean(-1) / max(scale, 1e-6), 0, 1)
+
+
+def reconstructions(examples: dict[str, np.ndarray], path: Path, frames: int = 3) -> Path:
+    """For each clip (rows of three panels per shown time step): the masked input, the reconstruction (hidden
+    tubes predicted) and the target, at ``frames`` time steps."""
+    form = str(examples["input"])
+    n, t = examples["target"].shape[:2]
+    steps = np.unique(np.linspace(0, t - 1, frames).round().astype(int))
+    fig, axes = plt.subplots(n, 3 * len(steps), figsize=(1.6 * 3 * len(steps), 1.7 * n), squeeze=False)
+    for i in range(n):
+        scale = float(np.percentile(np.abs(examples["target"][i]), 99)) if form == "diff" else 1.0
+        for j, step in enumerate(steps):
+            for k, key in enumerate(("masked", "reconstruction", "target")):
+                ax = axes[i, 3 * j + k]
+                img = _shown(examples[key][i, step], form, scale)
+                ax.imshow(img, cmap=None if img.ndim == 3 else "gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(f"{key} t={step}", fontsize=7)
+    fig.suptitle(f"masked {form} modelling: masked input / reconstruction / target", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
