@@ -6,6 +6,8 @@ from pathlib import Path
 # a patient first start of the temporary local server (a fresh PREFECT_HOME took ~18 s of a 20 s default).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# nor the client's usage data (Prefect's documented opt-out; its first-run notice was 4 of a first run's lines)
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def project_prefect_home(cwd: Path | None = None) -> Path:

@@ -210,6 +210,39 @@ class TerminalHandler(logging.Handler):
         return None
 
 
+# what MLflow prints itself (not through logging) when a model version is registered: the stage says it in one line
+_MLFLOW_CHATTER = ("Successfully registered model '", "Created version '", "Registered model '")
+
+
+class _QuietStderr:
+    """``sys.stderr`` for the length of a command without ``--verbose``: MLflow's registry lines go to the log file,
+    everything else through unchanged."""
+
+    def __init__(self, stream, log: logging.Handler | None) -> None:
+        self._stream, self._log, self._partial = stream, log, ""
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        while "\n" in self._partial:
+            line, self._partial = self._partial.split("\n", 1)
+            if line.startswith(_MLFLOW_CHATTER):
+                if self._log is not None:
+                    self._log.handle(logging.LogRecord("mlflow", logging.INFO, __file__, 0, line, None, None))
+            else:
+                self._stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        held = self._partial
+        if held and not any(c.startswith(held) or held.startswith(c) for c in _MLFLOW_CHATTER):
+            self._stream.write(held)
+            self._partial = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def _status_text(record: logging.LogRecord, message: str) -> str:
     flow = getattr(record, "flow_name", None)
     task = getattr(record, "task_run_name", None)
@@ -261,9 +294,15 @@ def terminal_output(log_dir: Path | None, command: str, verbose: bool = False):
         root.addHandler(handler)
         if file_handler is not None:
             root.addHandler(file_handler)
+        stderr = sys.stderr
+        if not verbose:
+            sys.stderr = _QuietStderr(stderr, file_handler)
         try:
             yield log_path
         finally:
+            if sys.stderr is not stderr and isinstance(sys.stderr, _QuietStderr):
+                sys.stderr.flush()
+                sys.stderr = stderr
             root.removeHandler(handler)
             if file_handler is not None:
                 root.removeHandler(file_handler)

@@ -4,6 +4,7 @@ per stage), progress a quarter of the way in a pipe; not Prefect's engine lines 
 from __future__ import annotations
 
 import logging
+import sys
 
 from flows.terminal import TerminalHandler, print_summary, terminal_output
 from tasks.lib.results import StageResult
@@ -58,11 +59,16 @@ def test_every_line_goes_to_the_log_file_and_the_summary_is_short(tmp_path, caps
     with terminal_output(logs, "download", verbose=False) as log_path:
         for rec in RUN:  # as they reach the root logger's handlers (Prefect's API handler sits below, unchanged)
             logging.getLogger().handle(rec)
+        print("Successfully registered model 'clf'.", file=sys.stderr)  # what MLflow prints past logging
+        print("Created version '1' of model 'clf'.", file=sys.stderr)
+        print("a line of another library", file=sys.stderr)
     text = log_path.read_text()
     assert log_path == logs / "vivit.log" and "===== " in text and "vivit download" in text
     assert all(rec.getMessage() in text for rec in RUN)  # one clip's lines and Prefect's included
     err = capsys.readouterr().err
     assert "clip7: downloaded" not in err and "Finished in state" not in err and "3 of 8 clips ready" in err
+    assert "registered model" not in err and "a line of another library" in err
+    assert "Created version '1' of model 'clf'." in log_path.read_text()
     assert not [h for h in logging.getLogger().handlers if isinstance(h, TerminalHandler)]  # handlers restored
 
     print_summary(StageResult(stage="download", counts={"requested": 8, "downloaded": 3, "failed": 5},
