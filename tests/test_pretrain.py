@@ -191,6 +191,7 @@ def _stage_config(tmp_path: Path, **pretrain):
 def test_stage_logs_its_run_is_skipped_when_done_and_the_train_run_links_to_it(prefect_harness, tiny, tmp_path):
     from mlflow import MlflowClient
 
+    from flows.pipeline import pipeline_flow
     from flows.pretrain import pretrain_flow
     from flows.train import train_flow
     from tasks.lib.errors import StageFailed
@@ -216,7 +217,9 @@ def test_stage_logs_its_run_is_skipped_when_done_and_the_train_run_links_to_it(p
     assert again.result["reused"] and "reused" in again.message
     assert mtimes == {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
-    trained = train_flow(cfg.stage("train"))  # pretrain.enabled: starts from the encoder
+    # vivit run --stages pretrain,train with pretrain.enabled: pretrain (skipped: done), then train from the encoder
+    reran, trained = pipeline_flow(cfg, stages=["pretrain", "train"])
+    assert reran.result["reused"] and trained.stage == "train"
     run = client.get_run(trained.result["run_id"])
     assert run.data.tags["pretrain_run_id"] == first.result["run_id"]
     assert run.data.params["pretrain.run_id"] == first.result["run_id"]
