@@ -29,6 +29,7 @@ last ``quality.json`` when their options, seeds and dataset are unchanged) (``ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -324,6 +325,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rows", nargs="+", choices=["default", *COMPARISONS, "i3d"], default=None,
                     help="train only these rows; the others are reused from --out's quality.json when their options, "
                          "seeds and data are the same (else an error)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the trainings' folders (checkpoints, the I3D stem maps) here, so a rerun resumes and "
+                         "reuses them (default: a temporary folder, removed at the end)")
     args = ap.parse_args(argv)
     configs = args.config or shared_sets()
     if not configs:
@@ -331,9 +335,10 @@ def main(argv: list[str] | None = None) -> dict:
                          "(annotations + url_template)")
     args.out.mkdir(parents=True, exist_ok=True)
     sets = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         for path in configs:
-            name, result = measure_set(path, args, Path(tmp))
+            name, result = measure_set(path, args, work)
             sets[name] = result
     last = summary_line(sets)
     tables = "\n".join(markdown(n, s["rows"], s["reference"], args.seeds) for n, s in sets.items())

@@ -69,8 +69,9 @@ def test_quality_script_runs_the_real_stages_then_every_row_and_reference(prefec
 
     # --rows retrains only the recipe's row; the comparison rows come from the run above, marked, unchanged
     again = _script("quality").main(["--config", str(cfg), "--seeds", "0", "--out", str(out), "--skip-data",
-                                     "--compare", "--rows", "default"])
+                                     "--compare", "--rows", "default", "--work", str(tmp_path / "work")])
     again_rows = again["sets"]["tiny"]["rows"]
+    assert list((tmp_path / "work").rglob("best.pt")), "--work keeps the trainings' folders for a rerun"
     assert again_rows["frame-mlp (RGB)"]["runs"] == rows["frame-mlp (RGB)"]["runs"]
     assert again_rows["frame-mlp (RGB)"]["reused_from"].startswith("quality.json")
     assert "reused_from" not in again_rows["default"] and "| frame-mlp (RGB) † |" in (out / "quality.md").read_text()
