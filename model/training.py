@@ -361,7 +361,10 @@ def _stem_cache(network: nn.Module, info: DatasetInfo, opts: TrainOptions, view:
 
 
 def training_fingerprint(opts: TrainOptions, seed: int, info: DatasetInfo) -> str:
-    """What decides the computation: the determining options, the seed and the dataset."""
+    """What determines a training: the determining options (:meth:`TrainOptions.determining`, so
+    ``EXECUTION_ONLY`` ones change nothing), the seed and the dataset. The one definition: ``last.pt`` and
+    ``input.json`` carry it (a resume needs it to match) and the train stage names its run folder and ``train_key``
+    tag with it (``tasks/train.py`` ``train_key``)."""
     data = info.fingerprint or stable_hash(info.manifest[["clip_id", "label_index", "split", "frames_path"]].to_json())
     return stable_hash({"options": opts.determining(), "seed": seed, "dataset": data, "classes": info.classes,
                         "num_frames": info.num_frames, "image_size": info.image_size, "version": CHECKPOINT_VERSION})

@@ -18,7 +18,6 @@ from tasks.lib import baseline, i3d_weights
 from tasks.lib.i3d_weights import PretrainedUnavailable, WeightsIntegrityError
 from model.atomic import atomic_write_text
 from model.dataset import DatasetError, DatasetInfo, load_dataset
-from model.options import stable_hash
 from tasks import tracking
 from tasks.lib import plots
 from tasks.lib.config import TrainStage
@@ -80,10 +79,13 @@ def read_dataset_info(dataset_dir: Path) -> DatasetInfo:
 
 
 def train_key(config: TrainStage, dataset_info: DatasetInfo) -> str:
-    """What determines the trained model: the dataset's content fingerprint, the training options and the seed.
-    The same key means training again would reproduce the registered model."""
-    return stable_hash({"dataset": dataset_info.fingerprint, "train": config.train.determining(),
-                        "seed": config.seed})
+    """What determines the trained model (the dataset, the determining training options, the seed): the run folder
+    ``runs/<key>/`` and the ``train_key`` tag that reuse looks up. It is the checkpoints' own fingerprint
+    (:func:`model.training.training_fingerprint`, the one definition), so the folder, ``last.pt`` and ``input.json``
+    agree by construction. The same key means training again would reproduce the registered model."""
+    from model.training import training_fingerprint
+
+    return training_fingerprint(config.train, config.seed, dataset_info)
 
 
 @dataclass(frozen=True)

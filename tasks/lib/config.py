@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from model.options import PRETRAIN_INIT, PRETRAINABLE_PRESETS, PretrainOptions, TrainOptions, own_pretraining, stable_hash
+from model.options import PRETRAIN_INIT, PRETRAINABLE_PRESETS, PretrainOptions, TrainOptions, own_pretraining
 from .errors import UserError
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -436,8 +436,3 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if len(lines) == 1:  # the usual case: one line naming the key and the fix
             raise ConfigError(f"invalid config{where}: {lines[0].strip()}") from None
         raise ConfigError(f"invalid config{where}:\n" + "\n".join(lines)) from None
-
-
-def config_fingerprint(model: BaseModel) -> str:
-    """Stable hash of a config section, for cache keys and run names."""
-    return stable_hash(model.model_dump(mode="json"))
