@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _presets(cfg) -> int:
-    """Every preset's size and cost on the clips this config trains on (what a view costs the network, its input
-    form included: ``rgb_diff`` has 6 channels), the config's own model marked."""
+    """Every preset's size and cost on the clips this config trains on (what a view costs the network), the
+    config's own model marked."""
     from tasks.lib.costs import preset_costs
 
     t, size = cfg.train.view_frames, cfg.frames.size

@@ -86,7 +86,7 @@ def load_best(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     network.load_state_dict(ckpt["model"])
     model = SingleFrame(network) if ckpt.get("single_frame") else network
     meta = {k: ckpt.get(k) for k in ("classes", "num_frames", "image_size", "preset", "single_frame", "epoch", "val_f1")}
-    meta["view"] = None if ckpt.get("view") is None else ViewSpec(**ckpt["view"])
+    meta["view"] = None if ckpt.get("view") is None else ViewSpec.from_record(ckpt["view"])
     return model.eval(), meta
 
 

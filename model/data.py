@@ -116,9 +116,3 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor
     w = np.zeros(num_classes)
     w[present] = counts.sum() / (present.sum() * counts[present])
     return torch.tensor(w, dtype=torch.float32)
-
-
-def balanced_sample_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Per-sample weights ``1 / n_class`` for a WeightedRandomSampler: every class is drawn equally often."""
-    counts = class_counts(labels, num_classes).astype(np.float64)
-    return torch.tensor(1.0 / counts[np.asarray(labels, dtype=np.int64)], dtype=torch.double)

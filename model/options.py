@@ -63,16 +63,15 @@ class TrainOptions(BaseModel):
     model: str = Field(DEFAULT_PRESET, description="preset name (`vivit presets` lists them)")
     # auto, not a constant: on validation, differences won on fixed surveillance cameras and frames on film footage
     # (docs/quality.md), so the footage decides, through the run's own validation split.
-    input: Literal["auto", "rgb", "diff", "rgb_diff"] = Field(
-        "auto", description="network input per position: the frame, its difference to the next stored frame, both, "
+    input: Literal["auto", "rgb", "diff"] = Field(
+        "auto", description="network input per position: the frame, its difference to the next stored frame, "
         "or auto (train rgb and diff for train.input_probe of the epochs, continue the one with the better smoothed "
         "val macro F1)"
     )
     input_probe: float = Field(0.2, gt=0, le=1, description="auto: the fraction of train.epochs both candidate "
                                "inputs train before one is chosen")
     view_frames: int = Field(16, ge=1, description="positions per view (the network's T); <= frames.num_frames "
-                             "(- diff_gap for diff)")
-    diff_gap: int = Field(1, ge=1, le=8, description="stored frames between the two frames of a difference (diff inputs)")
+                             "(- 1 for diff)")
     test_views: int = Field(2, ge=1, le=16, description="views averaged at evaluation and prediction")
     epochs: int = Field(80, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(32, ge=1, description="clips per optimiser step")
@@ -81,8 +80,8 @@ class TrainOptions(BaseModel):
     warmup_epochs: float = Field(2.0, ge=0, description="linear warm-up length in epochs")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="cross-entropy label smoothing")
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
-    class_balance: Literal["weighted_loss", "sampler", "none"] = Field(
-        "weighted_loss", description="class-imbalance handling: inverse-frequency loss weights or balanced sampling"
+    class_balance: Literal["weighted_loss", "none"] = Field(
+        "weighted_loss", description="class-imbalance handling: inverse-frequency loss weights, or none"
     )
     augment: bool = Field(True, description="random resized crop + flip, identical for every frame of a clip")
     crop_scale: float = Field(0.8, gt=0, le=1, description="smallest area fraction of the random resized crop")
@@ -171,12 +170,12 @@ class TrainOptions(BaseModel):
         from model.views import ViewSpec  # torch, like the presets
 
         return ViewSpec(num_frames=self.view_frames, input="diff" if self.input == "auto" else self.input,
-                        test_views=self.test_views, diff_gap=self.diff_gap)
+                        test_views=self.test_views)
 
     def determining(self) -> dict[str, Any]:
-        """The options that decide what training computes (everything but :data:`EXECUTION_ONLY`; ``diff_gap`` only
-        where there are differences, ``input_probe`` only where there is a choice)."""
-        unused = ({"diff_gap"} if self.input == "rgb" else set()) | ({"input_probe"} if self.input != "auto" else set())
+        """The options that decide what training computes (everything but :data:`EXECUTION_ONLY`; ``input_probe``
+        only where there is a choice)."""
+        unused = {"input_probe"} if self.input != "auto" else set()
         return self.model_dump(mode="json", exclude=set(EXECUTION_ONLY) | unused)
 
 
@@ -206,7 +205,7 @@ def is_pretrain_output(init: str | None) -> bool:
 
 class PretrainOptions(BaseModel):
     """The config's ``pretrain:`` section: masked video modelling of the train preset's encoder on the user's own
-    clips (docs/pretrain.md). The network, its view (``train.view_frames``, ``train.input``, ``train.diff_gap``) and
+    clips (docs/pretrain.md). The network, its view (``train.view_frames``, ``train.input``) and
     the augmentation (``train.augment``, ``train.crop_scale``) are the train stage's, so that the pretrained encoder
     is exactly the one training starts from."""
 

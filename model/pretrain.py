@@ -61,7 +61,7 @@ from model.vivit import ViViT, ViViTConfig
 log = logging.getLogger(__name__)
 
 # per-patch normalisation of the target: VideoMAE's for RGB; differences: see the module docstring
-TARGET_EPS = {"rgb": 1e-6, "diff": 1.0, "rgb_diff": 1.0}
+TARGET_EPS = {"rgb": 1e-6, "diff": 1.0}
 PRETRAIN_VERSION = 1
 
 
@@ -238,7 +238,7 @@ def pretrain(clips: list[str | Path], train: TrainOptions, opts: PretrainOptions
     at the end (``about``: what the JSON says the clips were). ``callback.on_epoch_end(epoch, metrics)`` is called
     when present."""
     if train.input == "auto":
-        raise ValueError("pretrain needs a concrete input form (rgb, diff or rgb_diff), not auto")
+        raise ValueError("pretrain needs a concrete input form (rgb or diff), not auto")
     if not clips:
         raise ValueError("no clips to pretrain on")
     started_cpu = time.process_time()

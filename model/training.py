@@ -4,8 +4,7 @@ What it does, and why:
 
 * AdamW (fused; no weight decay on biases, norms, position embeddings and CLS tokens), a per-step cosine schedule with
   linear warm-up, gradient clipping, label smoothing.
-* Class imbalance (the default data is about 2:1): ``weighted_loss`` weighs the loss by ``n / (K * n_k)``;
-  ``sampler`` draws training clips with a WeightedRandomSampler so every class is seen equally often.
+* Class imbalance (the default data is about 2:1): ``weighted_loss`` weighs the loss by ``n / (K * n_k)``.
 * Views (:mod:`model.views`): each training step sees one random temporal view per clip; evaluation averages the
   softmax of ``test_views`` fixed views, exactly as the packaged model does at prediction time.
 * Which weights are kept (``selection``). ``best_val`` (default): the epoch with the best EMA of the *validation
@@ -49,10 +48,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 from model import distributed as ddp
-from model.data import ClipDataset, balanced_class_weights, balanced_sample_weights
+from model.data import ClipDataset, balanced_class_weights
 from model.dataset import DatasetError, DatasetInfo, load_dataset
 from model.checkpoint import (CHECKPOINT_VERSION, atomic_save, load_best, network_record, plain_state, rng_state,
                               set_rng_state)
@@ -417,10 +416,7 @@ def _train_epoch(run: _Run) -> dict[str, Any]:
     forward.train()
     loss_sum, n, preds, labels, lr = 0.0, 0, [], [], 0.0
     g = torch.Generator().manual_seed(_epoch_seed(run.seed, run.train_ds.epoch, 1))
-    labels_all = run.train_ds.labels
-    sampler = (WeightedRandomSampler(balanced_sample_weights(labels_all, len(run.classes)), len(labels_all),
-                                     replacement=True, generator=g)
-               if opts.class_balance == "sampler" else RandomSampler(run.train_ds, generator=g))
+    sampler = RandomSampler(run.train_ds, generator=g)
     if run.ranks.active:  # every rank drew the same global order (same generator seed): take this rank's share
         sampler = ddp.GlobalOrderSampler(sampler, run.ranks)
     for frames, y in DataLoader(run.train_ds, sampler=sampler, **run.loader_kw):

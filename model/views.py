@@ -12,15 +12,13 @@ one position in each of ``T`` equal segments of the clip (TSN's segment sampling
 The *input* is what the network sees at each position:
 
 * ``rgb``: the frame itself.
-* ``diff``: the difference between that stored frame and the one ``diff_gap`` frames later (TSN's RGB-diff). Static appearance (the
+* ``diff``: the difference between that stored frame and the next one (TSN's RGB-diff). Static appearance (the
   scene, the camera, the resolution a clip came in) cancels and motion is left. On real surveillance clips split by
   source video this generalised where RGB input memorised the scenes (docs/quality.md, "Which input").
-* ``rgb_diff``: both, stacked as 6 channels.
 
-Pair inputs take frames ``(p, p + g)`` for each position ``p`` of ``F - g`` candidates, ``g`` being ``diff_gap``
-stored frames, so a view is ``2T`` stored frames in the order ``a0, b0, a1, b1, ...``; :func:`to_network_input` turns
-them into ``T`` network frames. A wider gap spans more time per difference: more displacement per moving edge,
-the same number of frames decoded.
+The ``diff`` input takes frames ``(p, p + 1)`` for each position ``p`` of ``F - 1`` candidates, so a view is ``2T`` stored
+frames in the order ``a0, b0, a1, b1, ...``; :func:`to_network_input` turns them into ``T`` network frames. (A wider
+gap between the two frames, the removed ``train.diff_gap``, gained nothing on real clips: docs/quality.md.)
 
 RGB is normalised with the spec's ``mean``/``std``: ImageNet's for a model trained from scratch (and for every
 checkpoint written before the fields existed), the pretrained checkpoint's own processor statistics after a
@@ -35,8 +33,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-InputMode = Literal["rgb", "diff", "rgb_diff"]
-INPUT_MODES: tuple[str, ...] = ("rgb", "diff", "rgb_diff")
+InputMode = Literal["rgb", "diff"]
+INPUT_MODES: tuple[str, ...] = ("rgb", "diff")
 # Frame differences of [0, 1] pixels are small and mostly zero: dividing by this puts moving edges near unit scale.
 DIFF_SCALE = 0.1
 # ImageNet statistics: what image-pretrained patch embeddings expect, and the from-scratch default.
@@ -53,7 +51,6 @@ class ViewSpec:
     num_frames: int = 16
     input: InputMode = "diff"
     test_views: int = 2
-    diff_gap: int = 1  # 1 for checkpoints written before the field existed
     mean: tuple[float, float, float] = IMAGENET_MEAN  # per RGB channel, of [0, 1] pixels
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -69,8 +66,23 @@ class ViewSpec:
             raise ValueError(f"input must be one of {INPUT_MODES}, got {self.input!r}")
         if not isinstance(self.test_views, int) or self.test_views < 1:
             raise ValueError(f"test_views must be a positive integer, got {self.test_views!r}")
-        if not isinstance(self.diff_gap, int) or self.diff_gap < 1:
-            raise ValueError(f"diff_gap must be a positive integer, got {self.diff_gap!r}")
+
+    @classmethod
+    def from_record(cls, record: dict) -> "ViewSpec":
+        """The spec a checkpoint or packaged model stored (``asdict``). Files written while ``train.diff_gap``
+        existed carry it: a gap of 1 (its default, and what every view now does) is accepted and dropped; another
+        gap is refused, since these views would pair other frames than the ones the network learnt on."""
+        record = dict(record)
+        if record.get("input") == "rgb_diff":
+            raise ValueError("this model was trained on input rgb_diff (frames and differences, 6 channels), which "
+                             "was removed: retrain it with train.input rgb, diff or auto, or load it with a version "
+                             "from before the removal")
+        gap = record.pop("diff_gap", 1)
+        if gap != 1:
+            raise ValueError(f"this model was trained with train.diff_gap={gap!r} (differences of frames {gap} apart); "
+                             "diff_gap was removed and only 1 can be read: retrain it, or load it with a version "
+                             "from before the removal")
+        return cls(**record)
 
     @property
     def paired(self) -> bool:
@@ -78,22 +90,22 @@ class ViewSpec:
 
     @property
     def channels(self) -> int:
-        return {"rgb": 3, "diff": 3, "rgb_diff": 6}[self.input]
+        return 3  # RGB, or differences of RGB
 
     @property
     def frames_per_view(self) -> int:
-        """Stored frames one view reads (``2T`` for pair inputs)."""
+        """Stored frames one view reads (``2T`` for differences)."""
         return self.num_frames * (2 if self.paired else 1)
 
     def min_stored_frames(self) -> int:
-        return self.num_frames + self.diff_gap if self.paired else self.num_frames
+        return self.num_frames + 1 if self.paired else self.num_frames
 
     def check_stored(self, stored_frames: int) -> None:
         if stored_frames < self.min_stored_frames():
             raise ValueError(
                 f"the dataset stores {stored_frames} frames per clip, but a view of {self.num_frames} "
                 f"'{self.input}' positions needs at least {self.min_stored_frames()}: raise frames.num_frames "
-                f"or lower train.view_frames" + (" or train.diff_gap" if self.paired and self.diff_gap > 1 else "")
+                f"or lower train.view_frames"
             )
 
 
@@ -115,9 +127,8 @@ def view_indices(stored_frames: int, spec: ViewSpec, *, rng: np.random.Generator
     spec.check_stored(stored_frames)
     if not spec.paired:
         return segment_positions(stored_frames, spec.num_frames, rng=rng, view=view, num_views=spec.test_views)
-    g = spec.diff_gap
-    p = segment_positions(stored_frames - g, spec.num_frames, rng=rng, view=view, num_views=spec.test_views)
-    return np.stack([p, p + g], axis=1).reshape(-1)  # a0, b0, a1, b1, ...
+    p = segment_positions(stored_frames - 1, spec.num_frames, rng=rng, view=view, num_views=spec.test_views)
+    return np.stack([p, p + 1], axis=1).reshape(-1)  # a0, b0, a1, b1, ...
 
 
 def eval_views(frames: np.ndarray | torch.Tensor, spec: ViewSpec) -> np.ndarray | torch.Tensor:
@@ -142,7 +153,4 @@ def to_network_input(x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
     if spec.input == "rgb":
         return normalise(x, spec.mean, spec.std)
     a, b = x[:, 0::2], x[:, 1::2]  # (B, T, 3, H, W) each
-    diff = (b - a) / DIFF_SCALE
-    if spec.input == "diff":
-        return diff
-    return torch.cat([normalise(a, spec.mean, spec.std), diff], dim=2)
+    return (b - a) / DIFF_SCALE

@@ -208,7 +208,7 @@ def _misclassified_rows(predictions: Any, limit: int = 50) -> list[dict[str, Any
 
 
 def _view_dict(view: Any) -> dict[str, Any]:
-    """The whole view (frames, input, test views, diff gap, mean/std) as plain JSON/YAML values."""
+    """The whole view (frames, input, test views, mean/std) as plain JSON/YAML values."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(view).items()}
 
 

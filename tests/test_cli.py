@@ -97,9 +97,9 @@ def test_presets_are_priced_on_the_configs_own_clips(capsys):
     assert f"GFLOPs/view={describe(DEFAULT_PRESET, 16, 64)['gflops']:6.2f}" in default
 
     assert main(["presets", "--set", "frames.size=56", "--set", "train.model=frame-mlp",
-                 "--set", "train.input=rgb_diff"]) == EXIT_OK
+                 "--set", "train.input=rgb"]) == EXIT_OK
     lines = capsys.readouterr().out.splitlines()
-    assert "at 56x56, input rgb_diff" in lines[0]
+    assert "at 56x56, input rgb" in lines[0]
     assert next(line for line in lines if line.startswith("frame-mlp ")).endswith("<- train.model")
     assert "vivit-fe-tiny      does not fit these clips: image_size 56 must be a multiple of patch_size 16" in lines
     assert main(["presets", "--set", "train.modl=x"]) == EXIT_USAGE

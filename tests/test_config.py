@@ -40,6 +40,9 @@ def test_yaml_and_overrides(tmp_path):
         (["splits=[training]"], "unknown splits"),
         (["download.rate_limit=fast"], "rate_limit"),
         (["nokey"], "key=value"),
+        (["train.diff_gap=1"], "train.diff_gap: unknown key"),  # removed (docs/config.md, "Removed keys")
+        (["train.class_balance=sampler"], "train.class_balance"),
+        (["train.input=rgb_diff"], "train.input"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides, needle):

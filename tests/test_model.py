@@ -312,22 +312,28 @@ def test_views_train_draws_inside_segments_eval_views_cover_the_clip():
         view_indices(4, spec)
 
 
-def test_diff_gap_pairs_frames_further_apart():
-    from model.views import ViewSpec, view_indices
+def test_a_checkpoint_written_with_diff_gap_still_loads(tmp_path):
+    """``train.diff_gap`` was removed (no gain, docs/quality.md): files written while it existed carry
+    ``"diff_gap": 1`` in their view, which loads as today's view; another gap, or the removed ``rgb_diff`` input,
+    is refused in words."""
+    from dataclasses import asdict
 
-    spec = ViewSpec(num_frames=4, input="diff", test_views=1, diff_gap=2)
-    assert spec.min_stored_frames() == 6
-    idx = view_indices(10, spec)
-    assert (idx[1::2] == idx[0::2] + 2).all() and idx.max() <= 9
-    rng = np.random.default_rng(1)
-    for _ in range(50):  # random training views keep the gap and stay inside the clip
-        r = view_indices(10, spec, rng=rng)
-        assert (r[1::2] - r[0::2] == 2).all() and r.min() >= 0 and r.max() <= 9
-    with pytest.raises(ValueError, match="train.diff_gap"):
-        view_indices(5, spec)
-    with pytest.raises(ValueError, match="diff_gap"):
-        ViewSpec(diff_gap=0)
-    assert ViewSpec(**{"num_frames": 4, "input": "diff", "test_views": 2}).diff_gap == 1  # older checkpoints
+    from model.checkpoint import load_best, load_classifier, network_record
+    from model.views import ViewSpec
+
+    view = ViewSpec(num_frames=4, input="diff", test_views=1)
+    net = build_model("frame-mlp", num_classes=2, num_frames=4, image_size=16)
+    record = network_record(net, classes=["a", "b"], num_frames=6, image_size=16, view=view, single_frame=False)
+    assert "diff_gap" not in record["view"]
+    torch.save({**record, "view": {**asdict(view), "diff_gap": 1}}, tmp_path / "old.pt")
+    assert load_best(tmp_path / "old.pt")[1]["view"] == view
+    assert load_classifier(tmp_path / "old.pt").view == view
+    torch.save({**record, "view": {**asdict(view), "diff_gap": 2}}, tmp_path / "gap2.pt")
+    with pytest.raises(ValueError, match="train.diff_gap=2.*retrain"):
+        load_best(tmp_path / "gap2.pt")
+    assert ViewSpec.from_record({"num_frames": 4, "input": "diff", "test_views": 2}) == ViewSpec(num_frames=4)
+    with pytest.raises(ValueError, match="rgb_diff .*removed"):  # the removed 6-channel input: refused in words
+        ViewSpec.from_record({**asdict(view), "input": "rgb_diff"})
 
 
 def test_preprocess_turns_a_view_into_the_inputs_form():
@@ -339,10 +345,6 @@ def test_preprocess_turns_a_view_into_the_inputs_form():
     assert diff.shape == (1, 2, 3, 8, 8)
     torch.testing.assert_close(diff[0, 0], torch.full((3, 8, 8), 0.2 / DIFF_SCALE))
     assert (diff[0, 1] == 0).all()
-    both = preprocess(frames, ViewSpec(num_frames=2, input="rgb_diff"))
-    assert both.shape == (1, 2, 6, 8, 8)
-    torch.testing.assert_close(both[:, :, 3:], diff)
-    torch.testing.assert_close(both[:, :, :3], preprocess(frames[:, 0::2]))
     with pytest.raises(ValueError, match="4 frames"):
         preprocess(frames[:, :3], ViewSpec(num_frames=2, input="diff"))
 
@@ -355,10 +357,7 @@ def test_the_views_mean_and_std_normalise_rgb_and_older_views_keep_imagenets():
     half = ViewSpec(num_frames=2, input="rgb", mean=[0.5, 0.5, 0.5], std=(0.5, 0.25, 0.5))  # lists, as in a checkpoint
     assert half.mean == (0.5, 0.5, 0.5) and half == ViewSpec(num_frames=2, input="rgb", mean=(0.5,) * 3, std=(0.5, 0.25, 0.5))
     torch.testing.assert_close(preprocess(frames, half)[0, 0, :, 0, 0], torch.tensor([1.0, -2.0, 1.0]))
-    both = preprocess(np.concatenate([frames, frames], 1), ViewSpec(num_frames=2, input="rgb_diff", mean=(0.5,) * 3,
-                                                                    std=(0.5, 0.25, 0.5)))
-    torch.testing.assert_close(both[0, 0, :3, 0, 0], torch.tensor([1.0, -2.0, 1.0]))
-    older = ViewSpec(**{"num_frames": 2, "input": "rgb", "test_views": 1, "diff_gap": 1})  # a pre-mean/std checkpoint
+    older = ViewSpec.from_record({"num_frames": 2, "input": "rgb", "test_views": 1, "diff_gap": 1})  # a pre-mean/std checkpoint
     assert (older.mean, older.std) == (MEAN, STD)
     torch.testing.assert_close(preprocess(frames, older), preprocess(frames))
     with pytest.raises(ValueError, match="std must be 3"):

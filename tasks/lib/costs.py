@@ -8,7 +8,7 @@ from model.presets import describe
 
 def view_cost(train: TrainOptions, image_size: int, preset: str | None = None) -> dict:
     """``{"params", "gflops"}`` of ``preset`` (``train.model`` by default) on views of ``train.view_frames``
-    positions at ``image_size`` in the input's channels (``rgb_diff``: 6); ValueError for a tubelet or patch that
+    positions at ``image_size``; ValueError for a tubelet or patch that
     does not divide these clips."""
     view = train.view
     return describe(preset or train.model, num_frames=view.num_frames, image_size=image_size, in_channels=view.channels)

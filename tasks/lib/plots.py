@@ -84,11 +84,8 @@ def pretrain_loss(history: list[dict[str, float]], path: Path) -> Path:
 
 
 def _shown(frame: np.ndarray, form: str, scale: float) -> np.ndarray:
-    """One network-input frame ``(H, W, C)`` as an image: RGB stretched to [0, 1]; differences (3 channels) as grey
-    magnitude; ``rgb_diff`` shows its RGB half."""
-    if form == "rgb_diff":
-        frame = frame[..., :3]
-        form = "rgb"
+    """One network-input frame ``(H, W, C)`` as an image: RGB stretched to [0, 1]; differences as grey
+    magnitude."""
     if form == "rgb":
         lo, hi = np.percentile(frame, 1), np.percentile(frame, 99)
         return np.clip((frame - lo) / max(hi - lo, 1e-6), 0, 1)

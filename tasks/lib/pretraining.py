@@ -5,7 +5,7 @@
   samples, into ``data_dir/pretrain/extra/``) or another stored dataset (every clip of it; if it is this very
   dataset, only its train and val clips).
 * :func:`decide_input`: the input form the encoder is pretrained on, which is the form training will use.
-  ``train.input`` rgb/diff/rgb_diff is taken as it is. ``auto`` (the default) is decided on the train and val splits
+  ``train.input`` rgb/diff is taken as it is. ``auto`` (the default) is decided on the train and val splits
   only: the baseline's two feature halves (``tasks/lib/baseline.py``: the mean frame, i.e. appearance, and the
   motion energy), each a logistic regression fitted on train (C by cross-validation on train), scored by val macro
   F1; differences when motion scores at least as well as appearance, else RGB. Without val clips: RGB, as
@@ -136,7 +136,7 @@ def decide_input(info: DatasetInfo, train: TrainOptions) -> tuple[str, dict[str,
 def pretrain_key(info: DatasetInfo, train: TrainOptions, opts: PretrainOptions, seed: int) -> str:
     """What decides the pretrained encoder: the dataset, the extra folders (their contents are fingerprinted when
     they are read), the pretrain options, the network and its view, the augmentation, the seed."""
-    view = {k: getattr(train, k) for k in ("model", "input", "view_frames", "diff_gap", "augment", "crop_scale")}
+    view = {k: getattr(train, k) for k in ("model", "input", "view_frames", "augment", "crop_scale")}
     return stable_hash({"dataset": info.fingerprint, "num_frames": info.num_frames, "image_size": info.image_size,
                         "pretrain": opts.determining(), "train": view, "seed": seed, "version": 1})
 
