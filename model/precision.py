@@ -1,12 +1,11 @@
 """``train.precision``: fp32, bf16 autocast, or ``auto``.
 
 ``auto`` is bf16 autocast on CUDA (as training always did there) and fp32 on CPU. Why not bf16 on a CPU that has
-AVX512-BF16/AMX: a bf16 matmul ran ~4x faster than fp32 there, yet a whole training step of the default preset
-measured 0.99x, 1.12x and 2.08x in three runs on a shared 2-core machine (``benchmarks/scale.py``), because at
-width 128 the step is bound by elementwise work and casts, not matmuls; and bf16 changes the numbers a run
-computes, which the real-video quality benchmark has not checked yet. A 4x wider network was 2.1-6.5x faster: such
-users opt in with ``precision: bf16``. Precision is an execution choice like the device (``EXECUTION_ONLY``): a
-resumed run may use another.
+AVX512-BF16/AMX: at the default preset's width a training step is bound by elementwise work and casts, not
+matmuls, so bf16 buys little there, and it would make the same seed train a different model on CPUs with and
+without native bf16. Wider networks gain more: their users opt in with ``precision: bf16`` (the measurements:
+docs/scaling.md, "bf16"). Precision is an execution choice like the device (``EXECUTION_ONLY``): a resumed run may
+use another.
 """
 from __future__ import annotations
 

@@ -16,13 +16,10 @@ def shards(items: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-# ``shard_size: auto``. Two shards per thread, not four, chosen when each shard cost Prefect 0.1-0.16 s on its
-# worker (prefect-dask's own runner rebuilt Prefect's settings and two API clients for every task run): measured
-# side by side (frames stage, 4 and 3 rounds), Prefect's share on one worker (mean of the per-round differences)
-# fell from 7.7% to 4.9% on 200 generated clips and from 5.9% to 3.8% on 260 real ones, and two workers got faster
-# too (7.2 vs 7.7 s; 12.8 vs 14.5 s on the real clips, uneven in size): a worker that finishes early still takes
-# the shards a slower one has not started. Fewer would leave one thread's last shard as the stage's tail; a lost
-# worker redoes its shard, hence the ceiling.
+# ``shard_size: auto``. Two shards per thread, not four: every shard is a Prefect task run on its worker, and two
+# cost Prefect less of the stage without slowing it (a worker that finishes early still takes the shards a slower
+# one has not started); fewer would leave one thread's last shard as the stage's tail; a lost worker redoes its
+# shard, hence the ceiling. The side-by-side measurement: docs/scaling.md ("shard_size: auto").
 SHARDS_PER_THREAD = 2
 AUTO_SHARD_CLIPS = (5, 500)
 
