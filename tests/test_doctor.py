@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
-import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from flows.cli import main
 from tasks import doctor as doc
 from tasks.lib.config import PipelineConfig
+from tests.support.ports import free_port
 
 COOKIES = "# Netscape HTTP Cookie File\n.youtube.com\tTRUE\t/\tTRUE\t0\tPREF\tf1=50000000\n"
 
@@ -23,12 +23,6 @@ def _config(tmp_path: Path, **kw) -> PipelineConfig:
                 mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"})
     base.update(kw)
     return PipelineConfig(**base)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -92,7 +86,7 @@ def test_what_is_missing_fails_with_its_fix(tmp_path, capsys):
         con.execute("CREATE TABLE t (x)")
     cfg = _config(tmp_path, download={"cookies": tmp_path / "gone.txt"},
                   mlflow={"tracking_uri": f"sqlite:///{not_mlflow}"})
-    down = f"http://127.0.0.1:{_free_port()}/api"
+    down = f"http://127.0.0.1:{free_port()}/api"
     with temporary_settings({PREFECT_API_URL: down}):
         code = doc.doctor(cfg)
     out = capsys.readouterr().out

@@ -16,6 +16,8 @@ import pytest
 
 from tasks.lib import locks
 from tasks.lib.errors import DiskFullError, StageFailed, check_free_space, disk_full_message, is_disk_full
+from tests.support.ports import free_port
+from tests.support.videos import demo_source_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -125,14 +127,7 @@ def test_temporary_files_of_a_live_writer_are_not_cleaned(tmp_path):
     assert clean_partials(tmp_path / "raw") == [mine]
 
 
-@pytest.fixture(scope="module")
-def demo_source(tmp_path_factory):
-    from tasks.lib.demo import generate_demo_dataset
-
-    src = tmp_path_factory.mktemp("src")
-    csv = generate_demo_dataset(src, n_dribbling=3, n_dunking=3, seed=2, width=96, height=72, duration=4.0,
-                                clip_len=3.0)
-    return src, csv
+demo_source = demo_source_fixture(per_class=3, seed=2)
 
 
 def _vivit(args: list[str], *, api: bool = True, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
@@ -378,16 +373,8 @@ def test_a_killed_filter_keeps_its_quarantine_verdicts(prefect_harness, tmp_path
 
 
 # -- fast, one-line failures ---------------------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_tracking_server_fails_in_seconds_in_one_line(prefect_harness, tmp_path):
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     p = _vivit(["train", "--set", f"data_dir={tmp_path}", "--set", f"mlflow.tracking_uri={uri}"])
     out, err = p.communicate(timeout=120)
@@ -406,7 +393,7 @@ def test_a_dask_scheduler_that_is_down_or_misspelt_fails_in_one_line(prefect_har
     """``cluster.address`` naming no scheduler (a closed port; Dask's connect timeout cut to 2 s with Dask's own
     environment variable) or one Dask cannot parse (no port): the stage fails with one line naming the setting and
     the fix, before any clip is downloaded."""
-    a = address or f"tcp://127.0.0.1:{_free_port()}"
+    a = address or f"tcp://127.0.0.1:{free_port()}"
     p = _vivit(["download", *_common(tmp_path, demo_source), "--set", "cluster.engine=dask",
                 "--set", f"cluster.address={a}"], env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
     out, err = p.communicate(timeout=180)
@@ -440,7 +427,7 @@ def test_a_tracking_server_lost_mid_training_is_one_line_and_training_goes_on():
     said: list[str] = []
     import mlflow
 
-    mlflow.set_tracking_uri(f"http://127.0.0.1:{_free_port()}")
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")
     try:
         rep = MlflowReporter("0" * 32, warn=said.append)
         t0 = time.monotonic()

@@ -10,17 +10,12 @@ import pytest
 import yaml
 
 from tasks.lib.config import PipelineConfig
+from tests.support.videos import demo_source_fixture
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo_source(tmp_path_factory):
-    from tasks.lib.demo import generate_demo_dataset
-
-    src = tmp_path_factory.mktemp("src")
-    csv = generate_demo_dataset(src, n_dribbling=8, n_dunking=4, seed=1, width=96, height=72, duration=4.0, clip_len=3.0)
-    return src, csv
+demo_source = demo_source_fixture(per_class=(8, 4), seed=1)
 
 
 def _config(tmp_path, demo_source, **train) -> PipelineConfig:

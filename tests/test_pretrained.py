@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from model.presets import get_config  # noqa: E402
 from model.pretrained import PretrainedError, build_pretrained, checkpoint_input, resolve  # noqa: E402
+from tests.support.videos import demo_source_fixture  # noqa: E402
 
 T, S = 4, 32
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -211,13 +212,7 @@ def test_mismatches_and_hub_access_are_clear_errors(vivit_ckpt, tmp_path, monkey
         build_pretrained(str(tmp_path / "empty"), _preset("vivit-fe-tiny"))
 
 
-@pytest.fixture(scope="module")
-def demo_source(tmp_path_factory):
-    from tasks.lib.demo import generate_demo_dataset
-
-    src = tmp_path_factory.mktemp("src")
-    csv = generate_demo_dataset(src, n_dribbling=6, n_dunking=6, seed=2, width=64, height=48, duration=3.0, clip_len=2.0)
-    return src, csv
+demo_source = demo_source_fixture(per_class=6, seed=2, width=64, height=48, duration=3.0, clip_len=2.0)
 
 
 @pytest.mark.slow

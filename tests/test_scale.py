@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.lib.cluster import api_url_mismatches, shard_size_for, shards, worker_environment
 from tasks.lib.config import PipelineConfig
+from tests.support.videos import demo_source_fixture
 
 
 def test_shards_keep_order_and_cover_everything():
@@ -78,11 +79,7 @@ def test_cluster_section_validates():
 
 
 # -- real engines ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def demo_source(tmp_path_factory):
-    from tests.support.videos import demo_source
-
-    return demo_source(tmp_path_factory.mktemp("src"), per_class=6, seed=4)
+demo_source = demo_source_fixture(per_class=6, seed=4)
 
 
 def _config(data_dir, demo_source, **cluster) -> PipelineConfig:

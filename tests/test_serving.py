@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from tasks import tracking
 from tasks.lib.config import MlflowConfig
 from tasks.lib.sampling import sample_clip
+from tests.support.ports import free_port
 from tests.support.registry import CLASSES, S, T, tiny_classifier
 from tests.support.videos import make_counter_video
 
@@ -232,12 +232,6 @@ def test_a_registered_model_serves_without_prefect(registered, tmp_path):
     assert "tasks.lib.predicting" in got["project"] and "tasks.tracking" not in got["project"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _strict_json(text: str | bytes):
     """JSON as a browser parses it: ``NaN`` / ``Infinity`` are not JSON."""
     def refuse(token: str):
@@ -252,7 +246,7 @@ def _post(url: str, payload: dict) -> dict:
 
 
 def _serve(model_uri: str, tracking_uri: str, log: Path):
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH: the venv's, as when activated
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT),
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),

@@ -57,11 +57,26 @@ def make_counter_video(
     return encode_video(frames, path, fps=fps, codec=codec, gop=gop, extra=extra)
 
 
-def demo_source(root: Path, *, per_class: int, seed: int) -> tuple[Path, Path]:
-    """A small Kinetics-format source (``annotations.csv`` + ``videos/``) of 4 s 96x72 clips with 3 s annotated
-    spans, served to yt-dlp as ``file://`` URLs: ``(root, csv)``."""
+def demo_source(root: Path, *, per_class: int | tuple[int, int], seed: int, width: int = 96, height: int = 72,
+                duration: float = 4.0, clip_len: float = 3.0) -> tuple[Path, Path]:
+    """A small Kinetics-format source (``annotations.csv`` + ``videos/``), by default of 4 s 96x72 clips with 3 s
+    annotated spans, served to yt-dlp as ``file://`` URLs: ``(root, csv)``. ``per_class``: clips of each class, or
+    (dribbling, dunking)."""
     from tasks.lib.demo import generate_demo_dataset
 
-    csv = generate_demo_dataset(root, n_dribbling=per_class, n_dunking=per_class, seed=seed, width=96, height=72,
-                                duration=4.0, clip_len=3.0)
+    dribbling, dunking = per_class if isinstance(per_class, tuple) else (per_class, per_class)
+    csv = generate_demo_dataset(root, n_dribbling=dribbling, n_dunking=dunking, seed=seed, width=width, height=height,
+                                duration=duration, clip_len=clip_len)
     return root, csv
+
+
+def demo_source_fixture(**kw):
+    """A module-scoped ``demo_source`` fixture: ``(root, csv)`` of :func:`demo_source` with these arguments, made
+    once per test module (``demo_source = demo_source_fixture(per_class=3, seed=2)`` in the module)."""
+    import pytest
+
+    @pytest.fixture(scope="module", name="demo_source")
+    def _demo_source(tmp_path_factory):
+        return demo_source(tmp_path_factory.mktemp("src"), **kw)
+
+    return _demo_source
