@@ -374,6 +374,9 @@ def test_a_killed_filter_keeps_its_quarantine_verdicts(prefect_harness, tmp_path
 
 # -- fast, one-line failures ---------------------------------------------------------------------------------
 def test_an_unreachable_tracking_server_fails_in_seconds_in_one_line(prefect_harness, tmp_path):
+    from tests.support.tiny_dataset import noise_dataset
+
+    noise_dataset(tmp_path / "dataset", counts={"train": [2, 2], "val": [1, 1], "test": [1, 1]})  # past the input check
     uri = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     p = _vivit(["train", "--set", f"data_dir={tmp_path}", "--set", f"mlflow.tracking_uri={uri}"])
