@@ -319,11 +319,12 @@ def _stderr_console():
 
 
 def step(text: str) -> None:
-    """What the command is doing now: the status line in a terminal, a line of its own in a pipe."""
+    """What the command is doing now: the status line in a terminal, an indented line of its own in a pipe (not
+    ``vivit:``, which starts the one line of an error)."""
     from tasks.progress import live
 
     area = live()
     if area is not None:
         area.status(text)
     else:
-        print(f"vivit: {text}", file=sys.stderr, flush=True)
+        print(f"  {text}", file=sys.stderr, flush=True)

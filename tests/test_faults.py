@@ -4,6 +4,7 @@ processes killed with SIGKILL, OS file locks, a real MLflow SQLite store, real P
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,8 +187,9 @@ def test_two_concurrent_downloads_end_cleanly_and_a_third_redoes_nothing(prefect
     outs = [("".join(out), "".join(err)) for out, err, _ in streams]
     assert [a.returncode, b.returncode] == [0, 0], [o[1][-2000:] for o in outs]
     assert all("waiting for it to finish" in err for _, err in outs), [(o[-3000:], err[-1000:]) for o, err in outs]
-    downloaded = [int(line.split()[-1]) for out, _ in outs for line in out.splitlines()
-                  if line.strip().startswith("downloaded ")]
+    # the summary's counts line: "requested 6, downloaded 6, skipped 0, ..."
+    downloaded = [int(m.group(1)) for out, _ in outs for line in out.splitlines()
+                  if (m := re.match(r"\s*requested \d+, downloaded (\d+)\b", line))]
     assert sorted(downloaded) == [0, 6], downloaded  # every clip fetched once, by one of them
     raw = tmp_path / "data" / "raw"
     before = {p: p.stat().st_mtime_ns for p in raw.rglob("*") if p.is_file()}
@@ -446,6 +448,7 @@ def test_predict_never_creates_a_missing_store(tmp_path, capsys):
     from flows.cli import EXIT_USAGE, main
 
     db = tmp_path / "none.db"
+    (tmp_path / "a.mp4").write_bytes(b"")  # an input that exists: predict checks its inputs before the store
     assert main(["predict", str(tmp_path / "a.mp4"), "--tracking-uri", f"sqlite:///{db}"]) == EXIT_USAGE
     assert not db.exists()
     err = capsys.readouterr().err
