@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,16 @@ setup_logging()
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CLIPS = ROOT.parent / "shared" / "clips"
+
+
+@pytest.fixture(autouse=True)
+def _sys_path_restored():
+    """A model loaded in-process (``mlflow.pyfunc.load_model``) puts its code folder (``model/`` and part of
+    ``tasks/``) first on ``sys.path``; processes started later in the session (Dask workers) inherit that path and
+    would import the partial copy. Each test leaves ``sys.path`` as it found it."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
 
 
 @pytest.fixture(scope="session")
