@@ -21,13 +21,17 @@ help:
 	@echo "make bench - run benchmarks/ (sampling, training)"
 	@echo "make quality - real-video benchmark: default recipe vs frame-mlp vs single frame vs motion reference, 3 seeds"
 
+# torch first and pinned: an unpinned torch (direct or transitive) pulls several GB of CUDA wheels. Then the tested
+# versions of what pyproject.toml leaves open (constraints.txt: yt-dlp), so the tests run on what they were written
+# for. pip's own output goes to $(VENV)/setup.log (its tail is shown when a step fails), so the first `make run`
+# prints the pipeline, not the installer.
 $(STAMP): pyproject.toml constraints.txt
+	@echo "setting up $(VENV) (pip's output: $(VENV)/setup.log)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch (direct or transitive) pulls several GB of CUDA wheels.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	# the tested versions of what pyproject.toml leaves open (yt-dlp), so the tests run on what they were written for
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@{ $(BIN)/python -m pip install --upgrade pip && \
+	   $(BIN)/python -m pip install torch==2.13.0 && \
+	   $(BIN)/python -m pip install -c constraints.txt -e '.[dev]'; } > $(VENV)/setup.log 2>&1 || \
+	 { tail -n 25 $(VENV)/setup.log; echo "make: setting up $(VENV) failed: see $(VENV)/setup.log"; exit 1; }
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
