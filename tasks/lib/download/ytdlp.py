@@ -16,7 +16,7 @@ from tasks.lib.config import DownloadConfig
 from tasks.lib.procs import patch_ytdlp_popen
 from tasks.lib.media import ffmpeg_exe
 from tasks.lib.download.errors import (DownloadFailure, CANNOT_SECTION_RE, CannotSection, classify_error, clean_message,
-                                       too_old_hint)
+                                       too_old_hint, ytdlp_version)
 
 log = logging.getLogger(__name__)
 
@@ -177,20 +177,12 @@ def _set_ffmpeg_for_sections(ffmpeg: str) -> str | None:
         if isinstance(var, contextvars.ContextVar):
             var.set(ffmpeg)
             return None
-        problem = f"yt-dlp {_ytdlp_version()} has no FFmpegPostProcessor.{_LOCATION_VAR} context variable"
+        problem = f"yt-dlp {ytdlp_version()} has no FFmpegPostProcessor.{_LOCATION_VAR} context variable"
     if not _sections_warned:
         _sections_warned.append(problem)
         log.warning("%s: yt-dlp cannot cut sections with %s (not on PATH), so clips are downloaded whole and "
                     "trimmed afterwards (put ffmpeg on PATH, or pin the tested yt-dlp)", problem, ffmpeg)
     return problem
-
-
-def _ytdlp_version() -> str:
-    try:
-        from yt_dlp.version import __version__
-    except ImportError:  # pragma: no cover
-        return "?"
-    return __version__
 
 
 _LOCATION_VAR = "_ffmpeg_location"  # the private name the fence looks for (tests point it elsewhere)
